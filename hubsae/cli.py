@@ -1,0 +1,29 @@
+"""`hubsae` command line. Each subcommand lives next to the code it drives; this file only lists them."""
+
+import argparse
+import importlib
+import logging
+import os
+
+# (name, module, help): the module defines `add_arguments(parser)` and `run(args)`.
+COMMANDS = [
+    ("demo", "hubsae.demo", "the README's main job on the embedded SmolLM2"),
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="hubsae", description="Sparse autoencoders as Hugging Face models")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module_name, help_text in COMMANDS:
+        module = importlib.import_module(module_name)
+        cmd = sub.add_parser(name, help=help_text, description=module.__doc__)
+        module.add_arguments(cmd)
+        cmd.set_defaults(run=module.run)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""The contract every SAE architecture shares: config fields, parameters, encode/decode, outputs.
+
+An architecture subclasses `SAEConfig` and `SAE`, overrides `activation` (and `losses` when it
+has its own penalties), and calls `register` at the bottom of its file.
+
+Parameter vocabulary (the same in every architecture, so readers of other formats are renames):
+`W_enc (d_in, d_sae)`, `b_enc (d_sae,)`, `W_dec (d_sae, d_in)`, `b_dec (d_in,)`.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from huggingface_hub.dataclasses import strict
+from safetensors import SafetensorError
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .loading import CONFIG_NAME, check_loading_info, corrupt_file_error, resolve_file
+
+INPUT_NORMS = ("none", "scale", "token")
+
+
+@strict
+class SAEConfig(PreTrainedConfig):
+    """Fields every SAE has. Subclasses add their own and set a unique `model_type`.
+
+    Args:
+        d_in: width of the activation the SAE reads.
+        d_sae: number of latents (dictionary size, F).
+        hookpoint: module path in the base model where the SAE reads, e.g. `model.layers.6`.
+        hookpoint_out: where a transcoder writes; None for an ordinary SAE.
+        base_model_name_or_path: the model the SAE was trained on.
+        normalize_decoder: keep decoder rows at unit norm during training.
+        input_norm: "none"; "scale" multiplies inputs by `input_scale` (the reconstruction is
+            divided by it again); "token" standardizes each token (mean 0, unit norm) and undoes it.
+        input_scale: the fixed factor for `input_norm="scale"` (set by the trainer so that the
+            mean activation norm is sqrt(d_in)).
+        subtract_b_dec: subtract b_dec from the input before encoding (the "b_pre" of Gao et al.).
+        check_finite: raise on NaN/Inf inputs instead of returning garbage features.
+    """
+
+    model_type = "hubsae"
+    d_in: int = 64
+    d_sae: int = 256
+    hookpoint: str | None = None
+    hookpoint_out: str | None = None
+    base_model_name_or_path: str | None = None
+    normalize_decoder: bool = True
+    input_norm: str = "none"
+    input_scale: float = 1.0
+    subtract_b_dec: bool = True
+    check_finite: bool = True
+
+    def validate_sizes(self):
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise ValueError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm={self.input_norm!r} is not one of {INPUT_NORMS}")
+        if not (math.isfinite(self.input_scale) and self.input_scale > 0):
+            raise ValueError(f"input_scale must be a positive finite number, got {self.input_scale}")
+
+    def loss_weights(self) -> dict[str, float]:
+        """Coefficient of each named loss in `SAEOutput.losses`; the trainer sums weight * loss."""
+        return {"mse": 1.0}
+
+
+@dataclass
+class SAEOutput(ModelOutput):
+    """What `SAE.forward` returns.
+
+    Args:
+        reconstruction: x_hat, same shape as the input.
+        features: sparse codes f, shape (..., d_sae), dense storage.
+        loss: weighted sum of `losses` with the config's weights (None unless losses were asked for).
+        losses: named, unweighted loss terms (e.g. "mse", "l1", "auxk").
+    """
+
+    reconstruction: Tensor | None = None
+    features: Tensor | None = None
+    loss: Tensor | None = None
+    losses: dict[str, Tensor] | None = None
+
+
+class SAE(PreTrainedModel):
+    """Base SAE: f = activation(W_enc^T (x - b_dec) + b_enc), x_hat = f W_dec + b_dec."""
+
+    config_class = SAEConfig
+    base_model_prefix = "sae"
+    main_input_name = "hidden_states"
+    _no_split_modules = []
+
+    def __init__(self, config: SAEConfig):
+        super().__init__(config)
+        self.W_enc = nn.Parameter(torch.empty(config.d_in, config.d_sae))
+        self.b_enc = nn.Parameter(torch.empty(config.d_sae))
+        self.W_dec = nn.Parameter(torch.empty(config.d_sae, config.d_in))
+        self.b_dec = nn.Parameter(torch.empty(config.d_in))
+        self.add_parameters(config)
+        self.post_init()
+
+    def add_parameters(self, config: SAEConfig) -> None:
+        """Create an architecture's extra parameters and buffers (shapes only; values in `_init_weights`)."""
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Unit-norm random decoder rows, encoder = decoder transpose, zero biases (Gao et al.)."""
+        if module is not self:
+            return
+        init.normal_(self.W_dec)
+        init.copy_(self.W_dec, self.W_dec / self.W_dec.norm(dim=-1, keepdim=True) * self._decoder_init_norm())
+        init.copy_(self.W_enc, self.W_dec.t())
+        init.zeros_(self.b_enc)
+        init.zeros_(self.b_dec)
+
+    def _decoder_init_norm(self) -> float:
+        return 1.0
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, subfolder: str | None = None, **kwargs):
+        """Like `PreTrainedModel.from_pretrained`, but strict: no default config for a missing
+        config.json, no randomly initialized missing weights, no ignored extra weights."""
+        hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir") if kwargs.get(k) is not None}
+        resolve_file(pretrained_model_name_or_path, CONFIG_NAME, subfolder, **hub_kwargs)
+        want_info = kwargs.pop("output_loading_info", False)
+        where = f"{pretrained_model_name_or_path}" + (f"/{subfolder}" if subfolder else "")
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path,
+                *args,
+                subfolder=subfolder or "",
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,  # mismatches are reported by check_loading_info, naming each key
+                **kwargs,
+            )
+        except (SafetensorError, OSError) as e:
+            if "safetensors" in str(e).lower() or isinstance(e, SafetensorError):
+                raise corrupt_file_error(e, where) from e
+            raise
+        check_loading_info(info, where)
+        return (model, info) if want_info else model
+
+    # ---- input handling -------------------------------------------------------------------
+
+    def check_input(self, x: Tensor) -> None:
+        if x.shape[-1] != self.config.d_in:
+            where = f" at hookpoint {self.config.hookpoint!r}" if self.config.hookpoint else ""
+            raise ValueError(
+                f"{type(self).__name__} expects inputs with last dimension d_in={self.config.d_in}{where}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        if self.config.check_finite and not torch.isfinite(x).all():
+            raise ValueError(
+                f"{type(self).__name__} got NaN or Inf in its input of shape {tuple(x.shape)}; "
+                "features of non-finite activations are meaningless (set config.check_finite=False to skip this check)"
+            )
+
+    def normalize_input(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """Apply the config's input normalization; returns the input and what `denormalize` needs."""
+        if self.config.input_norm == "scale":
+            return x * self.config.input_scale, None
+        if self.config.input_norm == "token":
+            mean = x.mean(-1, keepdim=True)
+            centered = x - mean
+            norm = centered.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            return centered / norm, (mean, norm)
+        return x, None
+
+    def denormalize(self, x_hat: Tensor, stats: tuple[Tensor, Tensor] | None) -> Tensor:
+        if self.config.input_norm == "scale":
+            return x_hat / self.config.input_scale
+        if self.config.input_norm == "token" and stats is not None:
+            mean, norm = stats
+            return x_hat * norm + mean
+        return x_hat
+
+    # ---- the architecture-specific part ---------------------------------------------------
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """Pre-activations a = (x - b_dec) W_enc + b_enc on a normalized input; (..., d_sae)."""
+        if self.config.subtract_b_dec:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def activation(self, pre_acts: Tensor) -> Tensor:
+        """Sparse features from pre-activations. Subclasses override."""
+        return torch.relu(pre_acts)
+
+    def losses(self, x: Tensor, pre_acts: Tensor, features: Tensor, x_hat: Tensor, **kw) -> dict[str, Tensor]:
+        """Named training losses on the normalized input. Subclasses add their penalties."""
+        return {"mse": (x - x_hat).pow(2).sum(-1).mean()}
+
+    # ---- public API -------------------------------------------------------------------------
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Features f of activations x: (..., d_in) -> (..., d_sae)."""
+        self.check_input(x)
+        x, _ = self.normalize_input(x)
+        return self.activation(self.pre_acts(x))
+
+    def decode(self, features: Tensor) -> Tensor:
+        """Reconstruction in the input's units: (..., d_sae) -> (..., d_in).
+
+        With `input_norm="token"` the per-token statistics are not known here; use `forward`.
+        """
+        return self.denormalize(self._decode_normalized(features), None)
+
+    def _decode_normalized(self, features: Tensor) -> Tensor:
+        return features @ self.W_dec + self.b_dec
+
+    def decode_sparse(self, indices: Tensor, values: Tensor) -> Tensor:
+        """Decode a k-sparse code without materializing (..., d_sae): indices/values (..., k).
+
+        Costs O(k * d_in) per token instead of O(d_sae * d_in).
+        """
+        lead = indices.shape[:-1]
+        flat_idx = indices.reshape(-1, indices.shape[-1])
+        flat_val = values.reshape(-1, values.shape[-1]).to(self.W_dec.dtype)
+        out = nn.functional.embedding_bag(flat_idx, self.W_dec, per_sample_weights=flat_val, mode="sum")
+        return self.denormalize(out.reshape(*lead, self.config.d_in) + self.b_dec, None)
+
+    def forward(self, hidden_states: Tensor, compute_losses: bool | None = None, **loss_kwargs) -> SAEOutput:
+        """Encode and decode. Losses are computed in training mode or when `compute_losses=True`.
+
+        `loss_kwargs` go to `losses` (e.g. `dead_mask` for AuxK).
+        """
+        self.check_input(hidden_states)
+        x, stats = self.normalize_input(hidden_states)
+        pre = self.pre_acts(x)
+        feats = self.activation(pre)
+        x_hat = self._decode_normalized(feats)
+        losses = loss = None
+        if compute_losses if compute_losses is not None else self.training:
+            losses = self.losses(x, pre, feats, x_hat, **loss_kwargs)
+            weights = self.config.loss_weights()
+            loss = sum(weights[name] * value for name, value in losses.items())
+        return SAEOutput(reconstruction=self.denormalize(x_hat, stats), features=feats, loss=loss, losses=losses)
+
+    # ---- decoder norm handling (called by the trainer around each optimizer step) -----------
+
+    @torch.no_grad()
+    def set_decoder_norm_to_unit_norm(self) -> None:
+        if self.config.normalize_decoder:
+            self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).eps))
+
+    @torch.no_grad()
+    def remove_gradient_parallel_to_decoder_directions(self) -> None:
+        """Project out the radial part of W_dec's gradient, so Adam does not fight the norm constraint."""
+        if not self.config.normalize_decoder or self.W_dec.grad is None:
+            return
+        unit = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).eps)
+        parallel = (self.W_dec.grad * unit).sum(-1, keepdim=True)
+        self.W_dec.grad.sub_(parallel * unit)
+
+
+def auxk_loss(residual: Tensor, pre_acts: Tensor, dead_mask: Tensor | None, k_aux: int, W_dec: Tensor) -> Tensor:
+    """AuxK (Gao et al. 2024, §A.2): dead latents' top-k_aux reconstruct the detached residual.
+
+    Normalized by the residual's variance: ||e - e_hat||^2 / ||e - mean(e)||^2 (OpenAI's form).
+    Returns 0 when no latent is dead.
+    """
+    if dead_mask is None or not bool(dead_mask.any()):
+        return pre_acts.new_zeros(())
+    e = residual.detach().reshape(-1, residual.shape[-1])
+    a = pre_acts.reshape(-1, pre_acts.shape[-1])
+    k = min(k_aux, int(dead_mask.sum()))
+    dead_acts = torch.where(dead_mask, torch.relu(a), torch.zeros_like(a))
+    vals, idx = dead_acts.topk(k, dim=-1, sorted=False)
+    e_hat = nn.functional.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
+    denom = (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+    return (e - e_hat).pow(2).sum(-1).mean() / denom
+
+
+REGISTRY: dict[str, tuple[type[SAEConfig], type[SAE]]] = {}
+
+
+def register(config_cls: type[SAEConfig], model_cls: type[SAE]) -> None:
+    """Make an architecture loadable by `AutoSAE`, `AutoConfig` and `AutoModel`."""
+    name = config_cls.model_type
+    if name in REGISTRY and REGISTRY[name] != (config_cls, model_cls):
+        raise ValueError(f"SAE architecture {name!r} is already registered to {REGISTRY[name][1].__name__}")
+    if model_cls.config_class is not config_cls:
+        raise ValueError(f"{model_cls.__name__}.config_class must be {config_cls.__name__}")
+    REGISTRY[name] = (config_cls, model_cls)
+    AutoConfig.register(name, config_cls, exist_ok=True)
+    AutoModel.register(config_cls, model_cls, exist_ok=True)
