@@ -1,0 +1,1 @@
+"""Training: trainer, training config, losses (orthogonality), PAM-SGD."""
