@@ -1,5 +1,6 @@
 """Evaluate SAEs and look at their features: metrics, LM loss with the SAE spliced in, the browser."""
 
+from .examples import ActivationHistogram, TopActivations
 from .metrics import (
     ReconstructionMetrics,
     decoder_max_cosine,
@@ -11,6 +12,8 @@ from .metrics import (
 )
 
 __all__ = [
+    "ActivationHistogram",
+    "TopActivations",
     "ReconstructionMetrics",
     "decoder_max_cosine",
     "density_histogram",
