@@ -1,17 +1,27 @@
 """Evaluate SAEs and look at their features: metrics, LM loss with the SAE spliced in, the browser."""
 
+from .browser import build_browser_data, render_html, write_browser_files
 from .examples import ActivationHistogram, TopActivations
 from .metrics import (
     ReconstructionMetrics,
     decoder_max_cosine,
+    decoder_nearest_neighbours,
     density_histogram,
     fraction_recovered,
     kl_score,
     token_cross_entropy,
     token_kl,
 )
+from .stats import LogitEffects, logit_effects, unembedding
 
 __all__ = [
+    "LogitEffects",
+    "build_browser_data",
+    "render_html",
+    "write_browser_files",
+    "logit_effects",
+    "unembedding",
+    "decoder_nearest_neighbours",
     "ActivationHistogram",
     "TopActivations",
     "ReconstructionMetrics",

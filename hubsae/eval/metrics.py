@@ -134,24 +134,32 @@ def density_histogram(density: Tensor, bins: int = 50, low: float = -8.0) -> dic
     }
 
 
-@torch.no_grad()
 def decoder_max_cosine(W_dec: Tensor, chunk: int = 2048) -> Tensor:
     """For each decoder row, its largest cosine similarity to any *other* row, (d_sae,).
 
-    The mean of this is OrtSAE's MeanCosSim (eq. 6). Computed in row chunks so memory stays at
-    chunk × d_sae instead of d_sae².
+    The mean of this is OrtSAE's MeanCosSim (eq. 6).
+    """
+    return decoder_nearest_neighbours(W_dec, chunk)[0]
+
+
+@torch.no_grad()
+def decoder_nearest_neighbours(W_dec: Tensor, chunk: int = 2048) -> tuple[Tensor, Tensor]:
+    """(cosine, index) of each decoder row's nearest other row, each (d_sae,).
+
+    Computed in row chunks so memory stays at chunk × d_sae instead of d_sae².
     """
     unit_FD = W_dec / W_dec.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(W_dec.dtype).tiny)
     n = unit_FD.shape[0]
     if n < 2:
         raise ValueError(f"decoder_max_cosine needs at least 2 decoder rows, got W_dec of shape {tuple(W_dec.shape)}")
-    out = torch.empty(n, dtype=unit_FD.dtype, device=unit_FD.device)
+    cos = torch.empty(n, dtype=unit_FD.dtype, device=unit_FD.device)
+    idx = torch.empty(n, dtype=torch.int64, device=unit_FD.device)
     for start in range(0, n, chunk):
         cos_CF = unit_FD[start : start + chunk] @ unit_FD.T
         rows = torch.arange(cos_CF.shape[0], device=cos_CF.device)
         cos_CF[rows, rows + start] = -math.inf  # a row is not its own neighbour
-        out[start : start + chunk] = cos_CF.max(-1).values
-    return out
+        cos[start : start + chunk], idx[start : start + chunk] = cos_CF.max(-1)
+    return cos, idx
 
 
 def token_cross_entropy(logits: Tensor, input_ids: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,130 @@
+"""The static feature browser: per-feature JSON (Neuronpedia's export field names) and one HTML file.
+
+Field names follow Neuronpedia's feature export where one exists (`feature_index`,
+`frac_nonzero`, `freq_hist_data_bar_*`, `logits_hist_data_bar_*`, `pos_str`/`pos_values`,
+`neg_str`/`neg_values`, `activations: [{tokens, values, maxValue, maxValueTokenIndex}]`), so the
+JSON stays readable by their tools; ours add `mean_act`, `max_act`, `max_cos`, `max_cos_neighbor`.
+"""
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ._page import PAGE
+from .examples import PAD_TOKEN, ActivationHistogram, TopActivations
+from .metrics import ReconstructionMetrics, density_histogram
+from .stats import LogitEffects
+
+logger = logging.getLogger(__name__)
+
+
+def _r(x: float) -> float:
+    """4 significant digits: the page shows no more, and the file stays small."""
+    return float(f"{x:.4g}")
+
+
+def _rl(values) -> list[float]:
+    return [_r(float(v)) for v in values]
+
+
+def token_strings(ids: set[int], decode: Callable[[list[int]], str]) -> dict[int, str]:
+    """Each token id decoded alone, once (a tokenizer's `decode`)."""
+    return {i: decode([i]) for i in sorted(ids)}
+
+
+def build_browser_data(
+    *,
+    metrics: ReconstructionMetrics,
+    top: TopActivations,
+    hist: ActivationHistogram,
+    effects: LogitEffects,
+    nearest: tuple[torch.Tensor, torch.Tensor],
+    decode: Callable[[list[int]], str],
+    title: str = "hubsae feature browser",
+    meta: dict | None = None,
+) -> dict:
+    """Everything the page shows, as plain JSON-able data; one entry per latent in `features`."""
+    used = set(top.tokens[top.tokens != PAD_TOKEN].tolist())
+    used |= set(effects.pos_ids.flatten().tolist()) | set(effects.neg_ids.flatten().tolist())
+    strings = token_strings(used, decode)
+    density, mean_act = metrics.density(), metrics.mean_activation()
+    features = []
+    for f in range(metrics.d_sae):
+        acts = []
+        for ex in top.examples(f):
+            values = _rl(ex["acts"])
+            acts.append(
+                {
+                    "tokens": [strings[t] for t in ex["tokens"]],
+                    "values": values,
+                    "maxValue": _r(ex["value"]),
+                    "maxValueTokenIndex": max(range(len(values)), key=values.__getitem__),
+                }
+            )
+        edges = hist.edges(f)
+        features.append(
+            {
+                "feature_index": f,
+                "frac_nonzero": float(density[f]),
+                "mean_act": _r(float(mean_act[f])),
+                "max_act": _r(float(metrics.act_max[f])),
+                "max_cos": _r(float(nearest[0][f])),
+                "max_cos_neighbor": int(nearest[1][f]),
+                "freq_hist_data_bar_heights": hist.counts[f].tolist(),
+                "freq_hist_data_bar_values": _rl((a + b) / 2 for a, b in zip(edges, edges[1:], strict=False)),
+                "freq_hist_data_bar_edges": _rl(edges),
+                "logits_hist_data_bar_heights": effects.hist_counts[f].tolist(),
+                "logits_hist_data_bar_values": _rl((effects.hist_edges[f, :-1] + effects.hist_edges[f, 1:]) / 2),
+                "pos_str": [strings[t] for t in effects.pos_ids[f].tolist()],
+                "pos_values": _rl(effects.pos_values[f]),
+                "neg_str": [strings[t] for t in effects.neg_ids[f].tolist()],
+                "neg_values": _rl(effects.neg_values[f]),
+                "activations": acts,
+            }
+        )
+    alive = (metrics.fire_count > 0).nonzero()
+    return {
+        "title": title,
+        "meta": dict(meta or {}),
+        "n_tokens": metrics.n_tokens,
+        "density_hist": density_histogram(density),
+        "first_feature": int(alive[0]) if len(alive) else 0,
+        "features": features,
+    }
+
+
+def render_html(data: dict) -> str:
+    """The self-contained page for `build_browser_data`'s output."""
+    # "</" inside a <script> element would end it early; "<\/" is the same string to JSON.
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    title = str(data.get("title", "")).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return PAGE.replace("__TITLE__", title).replace("__DATA__", payload)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write through a temporary file in the same folder and rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_browser_files(data: dict, out_dir: str | os.PathLike) -> Path:
+    """Write `index.html` (the browser) and `features.json` (the same data) into `out_dir`."""
+    out = Path(out_dir)
+    atomic_write_text(out / "features.json", json.dumps(data, ensure_ascii=False))
+    page = atomic_write_text(out / "index.html", render_html(data))
+    logger.info("wrote the feature browser for %d latents to %s", len(data["features"]), page)
+    return page
