@@ -1,0 +1,306 @@
+"""Context managers that attach SAEs to a model: record, splice, ablate, clamp, steer.
+
+Semantics (x is the activation at the hookpoint, f = sae.encode(x), x_hat its reconstruction):
+- `record`: stores f, sparse (indices + values per token); the model runs unchanged.
+- `splice`: x -> x_hat, or x_hat + (x - x_hat) with `keep_error=True`.
+- `ablate`: x -> x - sum_{i in S} f_i d_i: only the ablated features' contribution leaves; the
+  error term and every other feature stay (delta = decode(edited) - decode(f)).
+- `clamp`: x -> x + sum_{i in S} (v_i - f_i) d_i: the features are pinned to v_i, error kept.
+- `steer`: x -> x + sum_i c_i u_i, u_i the decoder row W_dec[i] scaled to unit norm; with
+  `relative=True` the added vector is multiplied by each token's norm ||x||.
+Here d_i is the decoder row in the model's units (divided by `input_scale`, or multiplied by the
+token norm, as the SAE's input normalization requires).
+
+`positions` ("all", "prompt", "generated") selects tokens: "generated" is the last prompt position
+and every later one (the positions that predict new tokens), in a plain forward, in generate()
+with or without the KV cache, and with left padding.
+
+Each manager registers forward hooks on entry and removes them on exit, also on error; the model's
+parameters are never touched. Managers compose by nesting; hooks on the same module run in the
+order they were entered.
+"""
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..saes.base import SAE
+from .attach import HookFn, PositionTracker, add_hook, check_positions, hooks_removed
+from .codes import SparseFeatures, decode_linear, encode, reconstruct, to_model_units, unit_directions
+from .hookpoints import Hookpoint, activation_width, resolve_hookpoint
+
+SAEs = SAE | Sequence[SAE] | Mapping[str, SAE]
+
+
+def attachments(model: nn.Module, saes: SAEs, hookpoint: str | None = None) -> list[tuple[Hookpoint, SAE]]:
+    """(hookpoint, SAE) pairs, each checked before any forward: the name resolves and the widths match.
+
+    `saes` is one SAE, a list of SAEs (each at its `config.hookpoint`), or {hookpoint: SAE}.
+    `hookpoint` overrides the SAEs' own hookpoint.
+    """
+    if isinstance(saes, SAE):
+        pairs = [(hookpoint or saes.config.hookpoint, saes)]
+    elif isinstance(saes, Mapping):
+        if hookpoint is not None:
+            raise ValueError("pass hookpoints as the keys of the mapping or as `hookpoint=`, not both")
+        pairs = list(saes.items())
+    else:
+        pairs = [(hookpoint or sae.config.hookpoint, sae) for sae in saes]
+    if not pairs:
+        raise ValueError("no SAE given")
+    resolved = []
+    for name, sae in pairs:
+        if not isinstance(sae, SAE):
+            raise TypeError(f"expected an SAE, got {type(sae).__name__}")
+        if name is None:
+            raise ValueError(
+                f"{type(sae).__name__} has no config.hookpoint; pass hookpoint='model.layers.N' (or similar)"
+            )
+        hp = resolve_hookpoint(model, name)
+        width = activation_width(model, hp)
+        if width is not None and width != sae.config.d_in:
+            raise ValueError(
+                f"{type(sae).__name__} has d_in={sae.config.d_in} but the activation at hookpoint {hp.name!r} "
+                f"(asked as {name!r}) has width {width}"
+            )
+        resolved.append((hp, sae))
+    return resolved
+
+
+def _check_width(x: Tensor, sae: SAE, hookpoint: Hookpoint) -> None:
+    """For modules whose width `activation_width` could not tell before the forward."""
+    if x.shape[-1] != sae.config.d_in:
+        raise ValueError(
+            f"{type(sae).__name__} has d_in={sae.config.d_in} but the activation at hookpoint {hookpoint.name!r} "
+            f"has shape {tuple(x.shape)}"
+        )
+
+
+def _on_sae(x: Tensor, sae: SAE, hookpoint: Hookpoint) -> Tensor:
+    """x on the SAE's device and dtype, after checking its width."""
+    _check_width(x, sae, hookpoint)
+    return x.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
+
+
+@contextlib.contextmanager
+def _hooked(model: nn.Module, hooks: list[tuple[Hookpoint, HookFn]], tracker: PositionTracker | None):
+    handles = []
+    with hooks_removed(handles):
+        if tracker is not None:
+            handles.append(tracker.attach(model))
+        for hp, fn in hooks:
+            handles.append(add_hook(hp, fn))
+        yield
+
+
+# ---- record ------------------------------------------------------------------------------------
+
+
+class Recording:
+    """What `record` captured: per hookpoint, one `SparseFeatures` per forward call.
+
+    `rec[key]` concatenates a hookpoint's calls along the token axis (the prefill and each decode
+    step of a cached generate() line up into one sequence); key is the hookpoint as given, its
+    canonical module path, or the SAE object.
+    """
+
+    def __init__(self, pairs: list[tuple[str, Hookpoint, SAE]], keep_activations: bool):
+        self._keys: dict[object, str] = {}
+        for given, hp, sae in pairs:
+            if hp.name in self._keys.values():
+                raise ValueError(f"two SAEs at hookpoint {hp.name!r}: record them in two record() contexts")
+            self._keys.update({given: hp.name, hp.name: hp.name, id(sae): hp.name})
+        self.features: dict[str, list[SparseFeatures]] = {hp.name: [] for _, hp, _ in pairs}
+        self.activations: dict[str, list[Tensor]] | None = (
+            {hp.name: [] for _, hp, _ in pairs} if keep_activations else None
+        )
+
+    def name(self, key: object) -> str:
+        found = self._keys.get(id(key) if isinstance(key, SAE) else key)
+        if found is None:
+            raise KeyError(f"{key!r} was not recorded; recorded hookpoints: {list(self.features)}")
+        return found
+
+    def __getitem__(self, key: object) -> SparseFeatures:
+        return SparseFeatures.cat(self.features[self.name(key)])
+
+    def activation(self, key: object) -> Tensor:
+        """The captured activations of a hookpoint, concatenated along the token axis."""
+        if self.activations is None:
+            raise ValueError("activations were not kept: use record(..., keep_activations=True)")
+        return torch.cat(self.activations[self.name(key)], dim=-2)
+
+
+@contextlib.contextmanager
+def record(
+    model: nn.Module, saes: SAEs, hookpoint: str | None = None, keep_activations: bool = False
+) -> Iterator[Recording]:
+    """Record the SAEs' features (sparse) during every forward inside the block; the model is unchanged."""
+    pairs = attachments(model, saes, hookpoint)
+    given = list(saes) if isinstance(saes, Mapping) else [hookpoint or sae.config.hookpoint for _, sae in pairs]
+    rec = Recording([(g, hp, sae) for g, (hp, sae) in zip(given, pairs, strict=True)], keep_activations)
+
+    def recorder(hp: Hookpoint, sae: SAE) -> HookFn:
+        @torch.no_grad()
+        def fn(x: Tensor) -> None:
+            x = x.detach()
+            rec.features[hp.name].append(encode(sae, _on_sae(x, sae, hp)).features)
+            if rec.activations is not None:
+                rec.activations[hp.name].append(x.clone())
+
+        return fn
+
+    with _hooked(model, [(hp, recorder(hp, sae)) for hp, sae in pairs], None):
+        yield rec
+
+
+# ---- splice ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def splice(model: nn.Module, saes: SAEs, keep_error: bool = False, hookpoint: str | None = None) -> Iterator[None]:
+    """Replace each hooked activation by its SAE reconstruction (plus the error term if `keep_error`)."""
+    pairs = attachments(model, saes, hookpoint)
+
+    def splicer(hp: Hookpoint, sae: SAE) -> HookFn:
+        def fn(x: Tensor) -> Tensor:
+            x_sae = _on_sae(x, sae, hp)
+            x_hat = reconstruct(sae, encode(sae, x_sae))
+            out = x_hat + (x_sae - x_hat) if keep_error else x_hat
+            return out.to(device=x.device, dtype=x.dtype)
+
+        return fn
+
+    with _hooked(model, [(hp, splicer(hp, sae)) for hp, sae in pairs], None):
+        yield
+
+
+# ---- ablate / clamp ----------------------------------------------------------------------------
+
+
+def _feature_ids(sae: SAE, features: Sequence[int] | Tensor) -> Tensor:
+    ids = torch.as_tensor(list(features) if not isinstance(features, Tensor) else features, dtype=torch.long)
+    ids = ids.reshape(-1).to(sae.W_dec.device)
+    if ids.numel() == 0:
+        raise ValueError("no features given")
+    bad = ids[(ids < 0) | (ids >= sae.config.d_sae)]
+    if bad.numel():
+        raise ValueError(f"features {bad.tolist()} are out of range for an SAE with d_sae={sae.config.d_sae}")
+    return ids
+
+
+def _edit_hook(hp: Hookpoint, sae: SAE, tracker: PositionTracker | None, positions: str, delta_fn) -> HookFn:
+    """A hook adding `delta_fn(code, x_sae)` (model units) to the selected tokens of the activation."""
+
+    def fn(x: Tensor) -> Tensor:
+        sel = tracker.selection(positions, x.shape[-2]) if tracker is not None else slice(None)
+        x_sel = x[..., sel, :]
+        if x_sel.shape[-2] == 0:
+            return None
+        x_sae = _on_sae(x_sel, sae, hp)
+        delta = delta_fn(encode(sae, x_sae), x_sae).to(device=x.device, dtype=x.dtype)
+        if x_sel.shape[-2] == x.shape[-2]:
+            return x + delta
+        out = x.clone()
+        out[..., sel, :] = x_sel + delta
+        return out
+
+    return fn
+
+
+def _tracker(positions: str) -> PositionTracker | None:
+    check_positions(positions)
+    return None if positions == "all" else PositionTracker()
+
+
+@contextlib.contextmanager
+def ablate(
+    model: nn.Module,
+    sae: SAE,
+    features: Sequence[int] | Tensor,
+    hookpoint: str | None = None,
+    positions: str = "all",
+) -> Iterator[None]:
+    """Remove the features' contribution f_i * d_i from the activation; the error term is kept."""
+    [(hp, sae)] = attachments(model, sae, hookpoint)
+    ids = _feature_ids(sae, features)
+    tracker = _tracker(positions)
+
+    def delta(code, x_sae: Tensor) -> Tensor:
+        f = code.features
+        removed = decode_linear(sae, f.indices, f.values * torch.isin(f.indices, ids))
+        return -to_model_units(sae, removed, code.stats)
+
+    with _hooked(model, [(hp, _edit_hook(hp, sae, tracker, positions, delta))], tracker):
+        yield
+
+
+@contextlib.contextmanager
+def clamp(
+    model: nn.Module,
+    sae: SAE,
+    values: Mapping[int, float],
+    hookpoint: str | None = None,
+    positions: str = "all",
+) -> Iterator[None]:
+    """Pin features to values ({feature: value}, in the SAE's feature units); the error term is kept."""
+    [(hp, sae)] = attachments(model, sae, hookpoint)
+    ids = _feature_ids(sae, list(values))
+    targets = torch.tensor(list(values.values()), dtype=sae.W_dec.dtype, device=sae.W_dec.device)
+    tracker = _tracker(positions)
+
+    def delta(code, x_sae: Tensor) -> Tensor:
+        f = code.features
+        current = decode_linear(sae, f.indices, f.values * torch.isin(f.indices, ids))
+        pinned = targets @ sae.W_dec[ids]  # (d_in,): the same for every token
+        return to_model_units(sae, pinned - current, code.stats)
+
+    with _hooked(model, [(hp, _edit_hook(hp, sae, tracker, positions, delta))], tracker):
+        yield
+
+
+# ---- steer -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def steer(
+    model: nn.Module,
+    sae: SAE,
+    coefficients: Mapping[int, float],
+    hookpoint: str | None = None,
+    positions: str = "all",
+    relative: bool = False,
+) -> Iterator[None]:
+    """Add sum_i c_i * u_i ({feature: c_i}) to the activation; u_i is decoder row i at unit norm.
+
+    With `relative=True`, c_i is a fraction of each token's activation norm (c_i * ||x|| * u_i).
+    The SAE itself is not run: the vector is built once on entry.
+    """
+    [(hp, sae)] = attachments(model, sae, hookpoint)
+    ids = _feature_ids(sae, list(coefficients))
+    coefs = torch.tensor(list(coefficients.values()), dtype=sae.W_dec.dtype, device=sae.W_dec.device)
+    with torch.no_grad():
+        vector = coefs @ unit_directions(sae, ids)  # (d_in,)
+    tracker = _tracker(positions)
+    cache: dict[tuple, Tensor] = {}
+
+    def fn(x: Tensor) -> Tensor | None:
+        sel = tracker.selection(positions, x.shape[-2]) if tracker is not None else slice(None)
+        x_sel = x[..., sel, :]
+        if x_sel.shape[-2] == 0:
+            return None
+        key = (x.device, x.dtype)
+        if key not in cache:  # one copy per device/dtype, not one transfer per token
+            _check_width(x, sae, hp)
+            cache[key] = vector.to(device=x.device, dtype=x.dtype)
+        add = cache[key] * x_sel.norm(dim=-1, keepdim=True) if relative else cache[key]
+        if x_sel.shape[-2] == x.shape[-2]:
+            return x + add
+        out = x.clone()
+        out[..., sel, :] = x_sel + add
+        return out
+
+    with _hooked(model, [(hp, fn)], tracker):
+        yield
