@@ -10,6 +10,8 @@ import hubsae
 from hubsae.saes import REGISTRY
 
 D_IN, D_SAE, K = 16, 64, 4
+# architectures whose sizes are constrained beyond d_sae (KronSAE: d_sae = h*m*n; Switch: experts)
+STRUCTURE = {"hubsae_kron": dict(num_heads=4, m=2, n=8), "hubsae_switch": dict(num_experts=4)}
 
 
 def make_config(model_type: str, **overrides):
@@ -21,6 +23,7 @@ def make_config(model_type: str, **overrides):
     for name, value in (("l1_coefficient", 1e-3), ("l0_coefficient", 1e-3)):
         if name in config_cls.__dataclass_fields__:
             kwargs[name] = value
+    kwargs.update(STRUCTURE.get(model_type, {}))
     kwargs.update(overrides)
     return config_cls(**kwargs)
 

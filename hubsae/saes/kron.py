@@ -1,0 +1,203 @@
+"""KronSAE (Kurochkin et al., arXiv 2505.22255 v3): Kronecker-factorized latents composed by mAND.
+
+h heads; head k reads the input through a base P^k (m x d) and an extension Q^k (n x d). All of
+them come from ONE fused matmul, so the encoder costs d*h*(m+n) per token, never d*F:
+
+    [u^k; v^k] = x W_enc + b_enc      W_enc (d_in, h*(m+n)): head k's columns k(m+n) .. k(m+n)+m-1
+                                       are P^k's rows (base), the next n are Q^k's (extension)
+    z_{k,i,j} = mAND(u^k_i, v^k_j) = sqrt(u_i v_j + eps) if u_i > 0 and v_j > 0, else 0
+    post-latent index = k*m*n + i*n + j  (the paper's App. H order), F = d_sae = h*m*n
+    f = TopK_k(z) over all F post-latents of a token (global, not per head), x_hat = f W_dec + b_dec
+
+`eps` is App. H's guard (1e-5): it bounds d z / d u = v / (2 sqrt(uv + eps)) as u -> 0+. Unlike the
+listing, inactive pairs are exactly 0 (the listing leaves sqrt(eps) there), so codes stay sparse.
+So W_enc and b_enc have shapes (d_in, h*(m+n)) and (h*(m+n),), unlike the other architectures'
+(d_in, d_sae); W_dec (d_sae, d_in) and b_dec keep the shared vocabulary (papers.md §1.1).
+
+Init (§1.3): W_enc ~ N(0, 1) / sqrt(2F), zero biases, decoder row (k,i,j) = P^k_i + Q^k_j
+normalized to unit norm. Like App. H, b_dec is not subtracted before encoding and the decoder
+is not renormalized during training (both are config switches). Loss: MSE + AuxK/32.
+Composes with Matryoshka groups (multiples of m*n, so no head straddles two groups) and with
+JumpReLU in place of TopK (`activation="jumprelu"`), as in the paper; `composition` selects the
+Table 1 ablation: "mand", "relu_prod" (ReLU(u) ReLU(v)) or "raw_prod" (u v).
+"""
+
+import math
+
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+
+from .base import SAE, auxk_loss, register
+from .jumprelu import jumprelu, step
+from .matryoshka import check_groups, prefix_mse_losses, weighted_prefix_mse
+from .topk import TopKSAE, TopKSAEConfig
+
+COMPOSITIONS = ("mand", "relu_prod", "raw_prod")
+ACTIVATIONS = ("topk", "jumprelu")
+
+
+def mand(u: Tensor, v: Tensor, eps: float = 1e-5) -> Tensor:
+    """sqrt(u v + eps) where u > 0 and v > 0, else exactly 0; broadcasts u against v.
+
+    The inactive branch's sqrt argument is replaced by 1 so that its (discarded) gradient is finite
+    even at eps = 0: torch.where's backward multiplies the dead branch's inf by 0 otherwise.
+    """
+    active = (u > 0) & (v > 0)
+    prod = torch.where(active, u * v, torch.ones_like(u * v))
+    return torch.where(active, torch.sqrt(prod + eps), torch.zeros_like(prod))
+
+
+def compose(u: Tensor, v: Tensor, kind: str, eps: float) -> Tensor:
+    if kind == "mand":
+        return mand(u, v, eps)
+    if kind == "relu_prod":
+        return torch.relu(u) * torch.relu(v)
+    return u * v
+
+
+def kron_flops(d_in: int, num_heads: int, m: int, n: int, k: int) -> int:
+    """Forward FLOPs per token, the paper's eq. 7: d h (m+n) + m n h + k d (encoder, mAND, sparse decoder)."""
+    return d_in * num_heads * (m + n) + m * n * num_heads + k * d_in
+
+
+def topk_flops(d_in: int, d_sae: int, k: int) -> int:
+    """Forward FLOPs per token of a TopK SAE (eq. 7): d F + k d."""
+    return d_in * d_sae + k * d_in
+
+
+@strict
+class KronSAEConfig(TopKSAEConfig):
+    """Args:
+    num_heads, m, n: h heads of m base and n extension pre-latents; d_sae must equal h*m*n.
+    composition: "mand" (the paper), "relu_prod" or "raw_prod" (Table 1 ablations).
+    mand_eps: the guard inside mAND's square root (App. H: 1e-5); 0 gives the exact sqrt(uv).
+    activation: "topk" (global TopK with AuxK) or "jumprelu" (per-post-latent threshold, L0 loss).
+    group_sizes, group_weights: Matryoshka groups (multiples of m*n); None = no Matryoshka loss.
+    bandwidth, threshold_init, l0_coefficient: JumpReLU's settings (see jumprelu.py).
+    """
+
+    model_type = "hubsae_kron"
+    d_sae: int = 256
+    num_heads: int = 32
+    m: int = 2
+    n: int = 4
+    composition: str = "mand"
+    mand_eps: float = 1e-5
+    activation: str = "topk"
+    group_sizes: list[int] | None = None
+    group_weights: list[float] | None = None
+    bandwidth: float = 0.001
+    threshold_init: float = 0.001
+    l0_coefficient: float = 1.0
+    subtract_b_dec: bool = False
+    normalize_decoder: bool = False
+
+    def validate_kron(self):
+        if min(self.num_heads, self.m, self.n) <= 0:
+            raise ValueError(f"num_heads, m, n must be positive, got {self.num_heads}, {self.m}, {self.n}")
+        if self.num_heads * self.m * self.n != self.d_sae:
+            raise ValueError(
+                f"KronSAE needs d_sae = num_heads*m*n, got d_sae={self.d_sae} but "
+                f"{self.num_heads}*{self.m}*{self.n}={self.num_heads * self.m * self.n}"
+            )
+        if self.composition not in COMPOSITIONS:
+            raise ValueError(f"composition={self.composition!r} is not one of {COMPOSITIONS}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation={self.activation!r} is not one of {ACTIVATIONS}")
+        if self.mand_eps < 0 or self.bandwidth <= 0 or self.threshold_init <= 0:
+            raise ValueError("mand_eps must be >= 0, bandwidth and threshold_init > 0")
+        if self.group_sizes is not None:
+            check_groups(self.group_sizes, self.group_weights, self.d_sae, multiple=self.m * self.n)
+
+    @property
+    def encoder_width(self) -> int:
+        return self.num_heads * (self.m + self.n)
+
+    def loss_weights(self) -> dict[str, float]:
+        weights = {"mse": 1.0}
+        if self.group_sizes is not None:
+            weights = {"mse": 0.0, "prefix_mse": 1.0}
+        if self.activation == "jumprelu":
+            return {**weights, "l0": self.l0_coefficient}
+        return {**weights, "auxk": self.aux_coefficient}
+
+    def flops_per_token(self) -> int:
+        return kron_flops(self.d_in, self.num_heads, self.m, self.n, self.k)
+
+
+class KronSAE(TopKSAE):
+    config_class = KronSAEConfig
+
+    def __init__(self, config: KronSAEConfig):
+        # Not SAE.__init__: that creates a dense (d_in, d_sae) W_enc, which KronSAE must never allocate.
+        PreTrainedModel.__init__(self, config)
+        self.W_enc = nn.Parameter(torch.empty(config.d_in, config.encoder_width))
+        self.b_enc = nn.Parameter(torch.empty(config.encoder_width))
+        self.W_dec = nn.Parameter(torch.empty(config.d_sae, config.d_in))
+        self.b_dec = nn.Parameter(torch.empty(config.d_in))
+        if config.activation == "jumprelu":
+            self.threshold = nn.Parameter(torch.empty(config.d_sae))
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if module is not self:
+            return
+        cfg = self.config
+        init.normal_(self.W_enc, std=1.0 / math.sqrt(2.0 * cfg.d_sae))
+        P, Q = self.parents()
+        dec = (P[:, :, None, :] + Q[:, None, :, :]).reshape(cfg.d_sae, cfg.d_in)
+        init.copy_(self.W_dec, dec / dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        init.zeros_(self.b_enc)
+        init.zeros_(self.b_dec)
+        if cfg.activation == "jumprelu":
+            init.constant_(self.threshold, cfg.threshold_init)
+
+    def parents(self) -> tuple[Tensor, Tensor]:
+        """Encoder rows of the pre-latents: base P (h, m, d_in) and extension Q (h, n, d_in)."""
+        cfg = self.config
+        rows = self.W_enc.T.reshape(cfg.num_heads, cfg.m + cfg.n, cfg.d_in)
+        return rows[:, : cfg.m], rows[:, cfg.m :]
+
+    def pre_latents(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The fused encoder: (u (..., h, m), v (..., h, n)) from one (d_in, h*(m+n)) matmul."""
+        if self.config.subtract_b_dec:
+            x = x - self.b_dec
+        uv = (x @ self.W_enc + self.b_enc).unflatten(-1, (self.config.num_heads, self.config.m + self.config.n))
+        return uv[..., : self.config.m], uv[..., self.config.m :]
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """Post-latent pre-activations z (..., h*m*n) in the order k*m*n + i*n + j."""
+        cfg = self.config
+        u, v = self.pre_latents(x)
+        z = compose(u[..., :, None], v[..., None, :], cfg.composition, cfg.mand_eps)  # (..., h, m, n)
+        return z.flatten(-3)
+
+    def activation(self, pre_acts: Tensor) -> Tensor:
+        if self.config.activation == "jumprelu":
+            return jumprelu(pre_acts, self.threshold, self.config.bandwidth)
+        return super().activation(pre_acts)
+
+    def encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.config.activation != "topk":
+            raise ValueError("encode_sparse needs activation='topk' (a JumpReLU code has no fixed k)")
+        return super().encode_sparse(x)
+
+    def losses(self, x: Tensor, pre_acts: Tensor, features: Tensor, x_hat: Tensor, **kw) -> dict[str, Tensor]:
+        cfg = self.config
+        out = SAE.losses(self, x, pre_acts, features, x_hat)
+        if cfg.group_sizes is not None:
+            prefix = prefix_mse_losses(x, features, self.W_dec, self.b_dec, list(cfg.group_sizes))
+            out["prefix_mse"] = weighted_prefix_mse(prefix, cfg.group_weights)
+        if cfg.activation == "jumprelu":
+            out["l0"] = step(pre_acts, self.threshold, cfg.bandwidth).sum(-1).mean()
+        else:
+            out["auxk"] = auxk_loss(x - x_hat, pre_acts, kw.get("dead_mask"), cfg.resolved_k_aux, self.W_dec)
+        return out
+
+
+register(KronSAEConfig, KronSAE)
+__all__ = ["KronSAEConfig", "KronSAE", "mand", "kron_flops", "topk_flops"]
