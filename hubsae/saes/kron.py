@@ -182,9 +182,17 @@ class KronSAE(TopKSAE):
         return super().activation(pre_acts)
 
     def encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.config.activation != "topk":
-            raise ValueError("encode_sparse needs activation='topk' (a JumpReLU code has no fixed k)")
-        return super().encode_sparse(x)
+        """(indices, values) of the active post-latents, each (..., k); pairs with `decode_sparse`.
+
+        With JumpReLU the width is the largest L0 over the given tokens (shorter codes padded with
+        zero values), since a threshold code has no fixed k.
+        """
+        if self.config.activation == "topk":
+            return super().encode_sparse(x)
+        dense = self.encode(x)
+        width = int((dense != 0).sum(-1).max()) if dense.numel() else 0
+        values, indices = dense.topk(width, dim=-1, sorted=False)
+        return indices, values
 
     def losses(self, x: Tensor, pre_acts: Tensor, features: Tensor, x_hat: Tensor, **kw) -> dict[str, Tensor]:
         cfg = self.config

@@ -148,5 +148,52 @@ def test_jumprelu_in_place_of_topk(tmp_path):
     sae.save_pretrained(tmp_path)
     loaded = hubsae.AutoSAE.from_pretrained(tmp_path)
     assert torch.equal(loaded.threshold, sae.threshold)
-    with pytest.raises(ValueError, match="encode_sparse needs activation='topk'"):
-        sae.encode_sparse(x)
+    idx, vals = sae.eval().encode_sparse(x)
+    assert idx.shape[-1] == int((out.features != 0).sum(-1).max())
+    torch.testing.assert_close(sae.decode_sparse(idx, vals), sae.decode(sae.encode(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        hubsae.KronSAEConfig(d_in=32, d_sae=64, num_heads=4, m=2, n=8, k=4),
+        hubsae.KronSAEConfig(d_in=32, d_sae=64, num_heads=4, m=2, n=8, k=4, activation="jumprelu"),
+        hubsae.MatryoshkaSAEConfig(d_in=32, d_sae=64, k=4),
+        hubsae.SwitchSAEConfig(d_in=32, d_sae=64, k=4, num_experts=4),
+    ],
+    ids=["kron", "kron-jumprelu", "matryoshka", "switch"],
+)
+def test_issue6_architectures_record_and_splice_on_a_tiny_llama(config):
+    """KronSAE, Matryoshka and Switch hook into a model like any SAE (their sparse paths included)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hubsae.hooks import record, splice
+
+    llama = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+    )
+    model = LlamaForCausalLM(llama).eval()
+    config.hookpoint = "model.layers.1"
+    sae = hubsae.AutoSAE.from_config(config).eval()
+    ids = torch.randint(0, 128, (2, 7))
+    seen = []
+    handle = model.model.layers[2].register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs.get("hidden_states", args[0] if args else None)), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            model(ids)
+            with record(model, [sae]) as rec:
+                model(ids)
+            with splice(model, [sae]):
+                model(ids)
+    finally:
+        handle.remove()
+    h, spliced = seen[0], seen[-1]
+    torch.testing.assert_close(rec[sae].to_dense(), sae.encode(h))
+    torch.testing.assert_close(spliced, sae(h).reconstruction, rtol=1e-5, atol=1e-5)
