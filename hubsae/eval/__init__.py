@@ -2,6 +2,7 @@
 
 from .browser import build_browser_data, render_html, write_browser_files
 from .examples import ActivationHistogram, TopActivations
+from .lm import SAEEvaluation, evaluate
 from .metrics import (
     ReconstructionMetrics,
     decoder_max_cosine,
@@ -15,6 +16,8 @@ from .metrics import (
 from .stats import LogitEffects, logit_effects, unembedding
 
 __all__ = [
+    "SAEEvaluation",
+    "evaluate",
     "LogitEffects",
     "build_browser_data",
     "render_html",

@@ -167,11 +167,11 @@ def token_cross_entropy(logits: Tensor, input_ids: Tensor, mask: Tensor | None =
 
     Position t predicts token t+1; a prediction counts when both positions are real tokens.
     """
-    logp_BTV = torch.log_softmax(logits[:, :-1].double(), dim=-1)
+    logp_BTV = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # float32: (B, T, vocab) is large
     target_BT = input_ids[:, 1:]
     nll_BT = -logp_BTV.gather(-1, target_BT.unsqueeze(-1)).squeeze(-1)
     keep_BT = torch.ones_like(nll_BT, dtype=torch.bool) if mask is None else (mask[:, :-1] & mask[:, 1:]).bool()
-    return nll_BT[keep_BT].sum(), keep_BT.sum()
+    return nll_BT[keep_BT].double().sum(), keep_BT.sum()
 
 
 def token_kl(clean_logits: Tensor, new_logits: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -179,11 +179,11 @@ def token_kl(clean_logits: Tensor, new_logits: Tensor, mask: Tensor | None = Non
 
     The direction SAELens/SAEBench compute (sum of p_clean · (log p_clean − log p_new)).
     """
-    logp_clean = torch.log_softmax(clean_logits.double(), dim=-1)
-    logp_new = torch.log_softmax(new_logits.double(), dim=-1)
+    logp_clean = torch.log_softmax(clean_logits.float(), dim=-1)
+    logp_new = torch.log_softmax(new_logits.float(), dim=-1)
     kl_BT = (logp_clean.exp() * (logp_clean - logp_new)).sum(-1)
     keep_BT = torch.ones_like(kl_BT, dtype=torch.bool) if mask is None else mask.bool()
-    return kl_BT[keep_BT].sum(), keep_BT.sum()
+    return kl_BT[keep_BT].double().sum(), keep_BT.sum()
 
 
 def fraction_recovered(clean: float, spliced: float, ablated: float) -> float:
