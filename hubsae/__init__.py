@@ -2,12 +2,15 @@
 
 from .auto import AutoSAE
 from .hooks import Recording, SparseFeatures, ablate, clamp, record, splice, steer
+from .hub import list_saes, push_to_hub
 from .saes import *  # noqa: F403  (registers every architecture)
 from .saes import __all__ as _saes_all
 
 __version__ = "0.1.0"
 __all__ = [
     "AutoSAE",
+    "list_saes",
+    "push_to_hub",
     "Recording",
     "SparseFeatures",
     "ablate",

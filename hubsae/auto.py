@@ -1,9 +1,16 @@
-"""`AutoSAE`: load any hubsae SAE from a folder or Hub repo and get the right class."""
+"""`AutoSAE`: load any SAE from a folder or Hub repo, hubsae's own or a published format, and get
+the right class. The format is detected from the folder's files (`hubsae.formats`)."""
 
 import os
 
+import torch
+
+from .formats import NATIVE, detect, load_converted, open_folder
 from .saes.base import REGISTRY, SAE, SAEConfig
 from .saes.loading import read_config_dict
+
+# What a converted (non-hubsae) checkpoint accepts besides the location arguments.
+_CONVERTED_KWARGS = {"dtype", "device_map", "token", "cache_dir"}
 
 
 def _architecture(path_or_repo, subfolder, revision, hub_kwargs) -> tuple[type[SAE], str]:
@@ -16,7 +23,8 @@ def _architecture(path_or_repo, subfolder, revision, hub_kwargs) -> tuple[type[S
 
 
 class AutoSAE:
-    """Dispatches on `model_type` in config.json. Not instantiable; use `from_pretrained`/`from_config`."""
+    """Dispatches on the files (format) and on `model_type` in config.json. Not instantiable; use
+    `from_pretrained`/`from_config`."""
 
     def __init__(self):
         raise TypeError("AutoSAE is a factory: use AutoSAE.from_pretrained(...) or AutoSAE.from_config(...)")
@@ -29,10 +37,27 @@ class AutoSAE:
         revision: str | None = None,
         **kwargs,
     ) -> SAE:
-        """Load an SAE. `kwargs` go to `PreTrainedModel.from_pretrained` (dtype, device_map, token, ...)."""
+        """Load an SAE: a hubsae folder, or SAELens, sparsify, Gemma Scope (1 and 2) or Llama Scope files.
+
+        `kwargs` go to `PreTrainedModel.from_pretrained` for hubsae folders (dtype, device_map, token,
+        ...); converted formats accept `dtype`, `device_map` (one device), `token` and `cache_dir`.
+        """
         hub_kwargs = {k: kwargs[k] for k in ("token", "cache_dir") if kwargs.get(k) is not None}
-        model_cls, _ = _architecture(path_or_repo, subfolder, revision, hub_kwargs)
-        return model_cls.from_pretrained(path_or_repo, subfolder=subfolder, revision=revision, **kwargs)
+        folder = open_folder(path_or_repo, subfolder, revision, **hub_kwargs)
+        fmt = detect(folder)
+        if fmt == NATIVE:
+            model_cls, _ = _architecture(path_or_repo, subfolder, revision, hub_kwargs)
+            return model_cls.from_pretrained(path_or_repo, subfolder=subfolder, revision=revision, **kwargs)
+        unsupported = sorted(set(kwargs) - _CONVERTED_KWARGS)
+        if unsupported:
+            raise TypeError(f"{folder.where} is a {fmt.name} checkpoint; it does not take {unsupported}")
+        sae = load_converted(fmt, folder)
+        dtype, device = kwargs.get("dtype"), kwargs.get("device_map")
+        if isinstance(dtype, str) and dtype != "auto":
+            dtype = getattr(torch, dtype)
+        if isinstance(device, dict):
+            raise TypeError(f"{folder.where}: a converted SAE goes to one device; pass device_map='cpu' or 'cuda:0'")
+        return sae.to(device=device, dtype=dtype if isinstance(dtype, torch.dtype) else None)
 
     @classmethod
     def from_config(cls, config: SAEConfig) -> SAE:

@@ -1,0 +1,259 @@
+"""The Hub as home: many SAEs in one repo, pushed in one commit with a model card and an index.
+
+Repo layout (hub.md §4):
+
+    README.md            model card: library_name hubsae, tags, base model, one table row per SAE
+    hubsae_index.json    {"saes": {subfolder: {architecture, hookpoint, d_in, d_sae, k, metrics}}}
+    model.layers.6/      a normal `save_pretrained` folder (config.json + model.safetensors)
+    model.layers.12/ ...
+
+`list_saes(repo)` reads only the index, so a user discovers a repo's SAEs without downloading
+weights; `AutoSAE.from_pretrained(repo, subfolder=...)` pulls one of them.
+"""
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+from .saes.base import SAE
+from .saes.loading import resolve_file
+
+logger = logging.getLogger(__name__)
+
+INDEX_NAME = "hubsae_index.json"
+CARD_NAME = "README.md"
+INDEX_FORMAT = "hubsae-index/1"
+DEFAULT_TAGS = ["hubsae", "sparse-autoencoder", "interpretability"]
+_RESERVED = {INDEX_NAME, CARD_NAME, ".gitattributes"}
+
+SAEs = Mapping[str, SAE] | Sequence[SAE] | SAE
+
+
+def push_to_hub(
+    saes: SAEs,
+    repo_id: str,
+    *,
+    metrics: Mapping[str, Mapping[str, float]] | None = None,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
+    license: str | None = None,
+    tags: list[str] | None = None,
+) -> CommitInfo:
+    """Upload SAEs, the index and the model card to `repo_id` in one commit.
+
+    Args:
+        saes: `{subfolder: sae}`, a list of SAEs (each goes to a subfolder named after its
+            hookpoint) or one SAE.
+        metrics: `{subfolder: {"l0": ..., "fvu": ..., "dead_fraction": ...}}`; any may be absent.
+        revision: branch to commit to (created from main when missing); default main.
+        create_pr: open a pull request instead of committing to the branch.
+        private: visibility when the repo is created (an existing repo keeps its own).
+        token: as in huggingface_hub (default: HF_TOKEN or the saved login).
+        base_model: the model the SAEs read; default the SAEs' `base_model_name_or_path`.
+    """
+    named = _name_saes(saes)
+    metrics = dict(metrics or {})
+    unknown = sorted(set(metrics) - set(named))
+    if unknown:
+        raise ValueError(f"metrics given for subfolders that are not pushed: {unknown}; pushed: {sorted(named)}")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision and revision != "main" and not create_pr:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    index = _existing_index(api, repo_id, revision)
+    index.update({sub: sae_entry(sae, metrics.get(sub)) for sub, sae in named.items()})
+    card = build_card(repo_id, index, base_model or _common_base_model(named), datasets, license, tags)
+    with tempfile.TemporaryDirectory(prefix="hubsae-push-") as tmp:
+        root = Path(tmp)
+        for sub, sae in named.items():
+            sae.save_pretrained(root / sub)
+        (root / INDEX_NAME).write_text(json.dumps({"format": INDEX_FORMAT, "saes": index}, indent=2) + "\n")
+        card.save(root / CARD_NAME)
+        operations = [
+            CommitOperationAdd(path_in_repo=path.relative_to(root).as_posix(), path_or_fileobj=str(path))
+            for path in sorted(root.rglob("*"))
+            if path.is_file()
+        ]
+        message = commit_message or f"Upload {len(named)} SAE(s) with hubsae: {', '.join(sorted(named))}"
+        info = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=message,
+            commit_description=commit_description,
+            revision=revision,
+            create_pr=create_pr,
+        )
+    logger.info("pushed %d SAE(s) to %s: %s", len(named), repo_id, info.pr_url or info.commit_url)
+    return info
+
+
+def list_saes(
+    path_or_repo: str | os.PathLike, revision: str | None = None, token: str | bool | None = None
+) -> dict[str, dict]:
+    """The SAEs of a repo or folder, from its index (no weights are downloaded): `{subfolder: entry}`."""
+    kwargs = {"token": token} if token is not None else {}
+    path = resolve_file(path_or_repo, INDEX_NAME, None, revision, **kwargs)
+    try:
+        index = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(index, dict) or not isinstance(index.get("saes"), dict):
+        raise ValueError(f"{path} is not a hubsae index: it has no 'saes' mapping")
+    return index["saes"]
+
+
+# ---- pieces ---------------------------------------------------------------------------------
+
+
+def _name_saes(saes: SAEs) -> dict[str, SAE]:
+    """`{subfolder: sae}` with every subfolder checked and every SAE knowing its hookpoint."""
+    if isinstance(saes, SAE):
+        saes = [saes]
+    if isinstance(saes, Mapping):
+        named = dict(saes)
+    else:
+        named = {}
+        for i, sae in enumerate(saes):
+            _check_hookpoint(sae, f"SAE #{i}")
+            sub = subfolder_for(sae.config.hookpoint)
+            if sub in named:
+                raise ValueError(
+                    f"two SAEs read hookpoint {sae.config.hookpoint!r}; pass a dict {{subfolder: sae}} to name them"
+                )
+            named[sub] = sae
+    if not named:
+        raise ValueError("nothing to push: no SAEs given")
+    for sub, sae in named.items():
+        if not isinstance(sae, SAE):
+            raise TypeError(f"subfolder {sub!r}: expected a hubsae SAE, got {type(sae).__name__}")
+        _check_subfolder(sub)
+        _check_hookpoint(sae, f"the SAE for subfolder {sub!r}")
+    return named
+
+
+def _check_hookpoint(sae: SAE, what: str) -> None:
+    if not getattr(sae.config, "hookpoint", None):
+        raise ValueError(
+            f"{what} has no hookpoint in its config; set sae.config.hookpoint to the module path it reads "
+            "(e.g. 'model.layers.6') before pushing, or users cannot tell where it belongs"
+        )
+
+
+def subfolder_for(hookpoint: str) -> str:
+    """Folder name for a hookpoint: the module path, with `:input` spelled `.input`."""
+    return hookpoint.replace(":", ".")
+
+
+def _check_subfolder(sub: str) -> None:
+    parts = PurePosixPath(sub).parts
+    if not sub or sub.startswith("/") or "\\" in sub or any(p in ("..", ".") for p in parts) or sub in _RESERVED:
+        raise ValueError(f"invalid subfolder {sub!r}: use a relative path such as 'model.layers.6'")
+
+
+def sae_entry(sae: SAE, metrics: Mapping[str, float] | None = None) -> dict:
+    """What the index records about one SAE."""
+    cfg = sae.config
+    entry = {
+        "architecture": cfg.model_type,
+        "hookpoint": cfg.hookpoint,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "k": getattr(cfg, "k", None),
+        "base_model": cfg.base_model_name_or_path,
+        "metrics": {},
+    }
+    for name, value in (metrics or {}).items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"metric {name!r} of hookpoint {cfg.hookpoint!r} must be a number, got {value!r}")
+        entry["metrics"][name] = float(value)
+    return entry
+
+
+def _existing_index(api: HfApi, repo_id: str, revision: str | None) -> dict[str, dict]:
+    """Entries already in the repo, so pushing more SAEs extends the card instead of replacing it."""
+    try:
+        path = api.hf_hub_download(repo_id, INDEX_NAME, revision=revision)
+    except (EntryNotFoundError, RevisionNotFoundError, RepositoryNotFoundError):
+        return {}
+    saes = json.loads(Path(path).read_text()).get("saes", {})
+    return dict(saes) if isinstance(saes, dict) else {}
+
+
+def _common_base_model(named: Mapping[str, SAE]) -> str | None:
+    bases = {sae.config.base_model_name_or_path for sae in named.values()} - {None}
+    return bases.pop() if len(bases) == 1 else None
+
+
+def _fmt(value: float | None, scale: float = 1.0, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value * scale:.{digits}g}"
+
+
+def build_card(
+    repo_id: str,
+    index: Mapping[str, dict],
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
+    license: str | None = None,
+    tags: list[str] | None = None,
+) -> ModelCard:
+    """The README: YAML metadata (library_name hubsae) and a table with one row per SAE."""
+    archs = sorted({e["architecture"].removeprefix("hubsae_") for e in index.values()})
+    data = ModelCardData(
+        library_name="hubsae",
+        license=license,
+        tags=list(dict.fromkeys([*DEFAULT_TAGS, *archs, *(tags or [])])),
+        base_model=base_model,
+        datasets=datasets,
+    )
+    if base_model:
+        data.base_model_relation = "adapter"  # not a finetune of the base model (hub.md §1.2)
+    rows = [
+        "| subfolder | architecture | hookpoint | d_sae | k / L0 | FVU | dead % |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for sub, e in sorted(index.items()):
+        m = e.get("metrics") or {}
+        k_l0 = f"{e['k'] if e.get('k') is not None else '–'} / {_fmt(m.get('l0'))}"
+        rows.append(
+            f"| `{sub}` | {e['architecture']} | `{e['hookpoint']}` | {e['d_sae']} | {k_l0} "
+            f"| {_fmt(m.get('fvu'))} | {_fmt(m.get('dead_fraction'), 100)} |"
+        )
+    first = sorted(index)[0]
+    body = "\n".join(
+        [
+            f"# {repo_id.split('/')[-1]}",
+            "",
+            f"{len(index)} sparse autoencoder(s)"
+            + (f" for [`{base_model}`](https://huggingface.co/{base_model})" if base_model else "")
+            + ", one per subfolder, stored as Hugging Face models by [hubsae](https://github.com/hubsae/hubsae).",
+            "",
+            *rows,
+            "",
+            "## Use",
+            "",
+            "```python",
+            "import hubsae",
+            "",
+            f'print(hubsae.list_saes("{repo_id}"))  # reads hubsae_index.json only',
+            f'sae = hubsae.AutoSAE.from_pretrained("{repo_id}", subfolder="{first}")',
+            "features = sae.encode(activations)  # activations read at the SAE's hookpoint",
+            "```",
+            "",
+        ]
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
