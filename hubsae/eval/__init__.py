@@ -13,9 +13,13 @@ from .metrics import (
     token_cross_entropy,
     token_kl,
 )
+from .plots import plot_density_histogram, plot_training_curves, read_history
 from .stats import LogitEffects, logit_effects, unembedding
 
 __all__ = [
+    "plot_density_histogram",
+    "plot_training_curves",
+    "read_history",
     "SAEEvaluation",
     "evaluate",
     "LogitEffects",
