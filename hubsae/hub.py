@@ -22,6 +22,8 @@ from pathlib import Path, PurePosixPath
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
+from .auto import AutoSAE
+from .formats import FORMATS, NATIVE_MARKERS, UnknownFormatError, detect, open_folder
 from .saes.base import SAE
 from .saes.loading import resolve_file
 
@@ -257,3 +259,62 @@ def build_card(
         ]
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+# ---- `hubsae push DIR REPO` -----------------------------------------------------------------
+
+
+def collect_saes(directory: str | os.PathLike) -> dict[str, SAE]:
+    """`{subfolder: sae}` from DIR: one SAE folder (subfolder named after its hookpoint) or a folder
+    of SAE folders at any depth (subfolder = relative path). Published formats are converted."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory")
+    try:
+        detect(open_folder(root))
+    except UnknownFormatError:
+        pass  # a folder of SAE folders
+    else:
+        sae = AutoSAE.from_pretrained(root)
+        _check_hookpoint(sae, f"the SAE in {root}")
+        return {subfolder_for(sae.config.hookpoint): sae}
+    markers = {m[0] for m in NATIVE_MARKERS} | {f.markers[0] for f in FORMATS}
+    folders = sorted({p.parent for name in markers for p in root.rglob(name)} - {root})
+    if not folders:
+        raise FileNotFoundError(f"{root} holds no SAE folder (none of {sorted(markers)} found)")
+    return {p.relative_to(root).as_posix(): AutoSAE.from_pretrained(p) for p in folders}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("directory", help="an SAE folder, or a folder of SAE folders (one subfolder per SAE)")
+    parser.add_argument("repo_id", help="Hub repo, e.g. my-org/smollm2-topk-saes")
+    parser.add_argument("--revision", help="branch to commit to (created when missing)")
+    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
+    parser.add_argument("--metrics", help='JSON file {subfolder: {"l0": .., "fvu": .., "dead_fraction": ..}}')
+    parser.add_argument("--message", help="commit message")
+    parser.add_argument("--base-model", help="model the SAEs read (default: from their configs)")
+    parser.add_argument("--dataset", action="append", help="training dataset id (repeatable)")
+    parser.add_argument("--license", help="license id for the card, e.g. apache-2.0")
+    parser.add_argument("--tag", action="append", help="extra card tag (repeatable)")
+
+
+def run(args) -> None:
+    saes = collect_saes(args.directory)
+    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
+    info = push_to_hub(
+        saes,
+        args.repo_id,
+        metrics=metrics,
+        commit_message=args.message,
+        private=args.private or None,
+        token=args.token,
+        revision=args.revision,
+        create_pr=args.create_pr,
+        base_model=args.base_model,
+        datasets=args.dataset,
+        license=args.license,
+        tags=args.tag,
+    )
+    logger.info("%d SAE(s) (%s) -> %s", len(saes), ", ".join(sorted(saes)), info.pr_url or info.commit_url)

@@ -27,6 +27,12 @@ logger = logging.getLogger(__name__)
 
 NATIVE = "hubsae"
 NATIVE_MARKERS = (("config.json", "model.safetensors"), ("config.json", "model.safetensors.index.json"))
+
+
+class UnknownFormatError(ValueError):
+    """A folder whose files match no SAE format (as opposed to a folder with a problem)."""
+
+
 FORMATS: list[Format] = [SAELensFormat(), SparsifyFormat(), GemmaScopeFormat(), GemmaScope2Format(), LlamaScopeFormat()]
 
 
@@ -53,7 +59,7 @@ def detect(folder: SAEFolder) -> Format | str:
             "(loading a pickle can run arbitrary code): convert them to safetensors first"
         )
     known = "; ".join([" + ".join(NATIVE_MARKERS[0])] + [" + ".join(f.markers) for f in FORMATS])
-    raise ValueError(
+    raise UnknownFormatError(
         f"{folder.where} is not an SAE folder of a known format; it holds {sorted(names)}; expected {known}"
     )
 
@@ -68,4 +74,4 @@ def load_converted(fmt: Format, folder: SAEFolder) -> SAE:
     return sae
 
 
-__all__ = ["FORMATS", "NATIVE", "Format", "SAEFolder", "detect", "load_converted", "open_folder"]
+__all__ = ["FORMATS", "NATIVE", "Format", "SAEFolder", "UnknownFormatError", "detect", "load_converted", "open_folder"]

@@ -1,0 +1,60 @@
+"""`hubsae push DIR REPO` against the local Hub server."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import hubsae
+from hubsae import AutoSAE, hub, list_saes
+from hubsae.cli import COMMANDS
+
+
+def _push(argv: list[str]) -> None:
+    """What `hubsae push ...` runs (the other subcommands are not imported here)."""
+    assert ("push", "hubsae.hub") in [(name, module) for name, module, _ in COMMANDS]
+    parser = argparse.ArgumentParser(prog="hubsae push")
+    hub.add_arguments(parser)
+    hub.run(parser.parse_args(argv))
+
+
+def test_push_a_folder_of_sae_folders(hub, tmp_path):
+    saes = {
+        "layer1": hubsae.TopKSAE(hubsae.TopKSAEConfig(d_in=8, d_sae=16, k=2, hookpoint="model.layers.1")),
+        "sweep/k4": hubsae.TopKSAE(hubsae.TopKSAEConfig(d_in=8, d_sae=32, k=4, hookpoint="model.layers.2")),
+    }
+    for sub, sae in saes.items():
+        sae.save_pretrained(tmp_path / "run" / sub)
+    (tmp_path / "metrics.json").write_text(json.dumps({"layer1": {"l0": 2.0, "fvu": 0.3}}))
+    _push([str(tmp_path / "run"), "tester/cli", "--metrics", str(tmp_path / "metrics.json"), "--tag", "smollm2"])
+    index = list_saes("tester/cli")
+    assert set(index) == {"layer1", "sweep/k4"} and index["layer1"]["metrics"]["fvu"] == 0.3
+    x = torch.randn(4, 8)
+    for sub, sae in saes.items():
+        torch.testing.assert_close(AutoSAE.from_pretrained("tester/cli", subfolder=sub).encode(x), sae.encode(x))
+    commits = [p for m, p in hub.state.requests if m == "POST" and "/commit/" in p]
+    assert len(commits) == 1
+
+
+def test_push_one_published_sae_folder_converts_it(hub, tmp_path):
+    folder = tmp_path / "gemma-scope-2b-pt-mlp" / "layer_3" / "width_4k" / "average_l0_9"
+    folder.mkdir(parents=True)
+    arrays = {"W_enc": np.random.randn(8, 4096), "W_dec": np.random.randn(4096, 8), "b_enc": np.zeros(4096),
+              "b_dec": np.zeros(8), "threshold": np.full(4096, 0.2)}  # fmt: skip
+    np.savez(folder / "params.npz", **{k: v.astype(np.float32) for k, v in arrays.items()})
+    _push([str(folder), "tester/converted", "--revision", "gemma"])
+    sub = "model.layers.3.post_feedforward_layernorm"
+    assert list(list_saes("tester/converted", revision="gemma")) == [sub]
+    sae = AutoSAE.from_pretrained("tester/converted", subfolder=sub, revision="gemma")
+    assert type(sae) is hubsae.JumpReLUSAE and torch.equal(sae.threshold, torch.full((4096,), 0.2))
+
+
+def test_push_of_a_folder_without_saes_or_hookpoint_fails(hub, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no SAE folder"):
+        _push([str(tmp_path / "empty"), "tester/x"])
+    hubsae.TopKSAE(hubsae.TopKSAEConfig(d_in=8, d_sae=16, k=2)).save_pretrained(tmp_path / "nohook")
+    with pytest.raises(ValueError, match="has no hookpoint"):
+        _push([str(tmp_path / "nohook"), "tester/x"])
