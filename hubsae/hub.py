@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
-from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard, ModelCardData
+from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
 from .auto import AutoSAE
@@ -84,11 +84,12 @@ def push_to_hub(
             sae.save_pretrained(root / sub)
         (root / INDEX_NAME).write_text(json.dumps({"format": INDEX_FORMAT, "saes": index}, indent=2) + "\n")
         card.save(root / CARD_NAME)
-        operations = [
+        operations: list = [
             CommitOperationAdd(path_in_repo=path.relative_to(root).as_posix(), path_or_fileobj=str(path))
             for path in sorted(root.rglob("*"))
             if path.is_file()
         ]
+        operations += _stale_files(api, repo_id, revision, named, {op.path_in_repo for op in operations})
         message = commit_message or f"Upload {len(named)} SAE(s) with hubsae: {', '.join(sorted(named))}"
         info = api.create_commit(
             repo_id,
@@ -192,6 +193,16 @@ def _existing_index(api: HfApi, repo_id: str, revision: str | None) -> dict[str,
         return {}
     saes = json.loads(Path(path).read_text()).get("saes", {})
     return dict(saes) if isinstance(saes, dict) else {}
+
+
+def _stale_files(api: HfApi, repo_id: str, revision: str | None, named, new: set[str]) -> list:
+    """Deletions of files left in a replaced SAE's subfolder (e.g. old shards), in the same commit."""
+    try:
+        existing = api.list_repo_files(repo_id, revision=revision)
+    except (RevisionNotFoundError, RepositoryNotFoundError, EntryNotFoundError):
+        return []
+    prefixes = tuple(f"{sub}/" for sub in named)
+    return [CommitOperationDelete(path_in_repo=f) for f in sorted(existing) if f.startswith(prefixes) and f not in new]
 
 
 def _common_base_model(named: Mapping[str, SAE]) -> str | None:

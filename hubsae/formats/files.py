@@ -14,11 +14,13 @@ from huggingface_hub import HfApi, RepoFolder, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
+    HFValidationError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 from huggingface_hub.file_download import repo_folder_name
+from huggingface_hub.utils import validate_repo_id
 
 # Folders whose files matter for detection (Llama Scope keeps its weights in checkpoints/).
 NESTED = ("checkpoints",)
@@ -91,6 +93,12 @@ def open_folder(
                 f"{root} does not exist: {source} (subfolder {subfolder!r}) holds no config.json or other SAE files"
             )
         return SAEFolder(str(source), subfolder, None, _list_local(root), root, hub_kwargs)
+    if local.exists():
+        raise FileNotFoundError(f"{source} is a file; pass the folder that holds the SAE's files")
+    try:
+        validate_repo_id(str(source))
+    except HFValidationError as e:
+        raise FileNotFoundError(f"{source} is neither a local folder nor a valid Hub repo id") from e
     if hf_constants.HF_HUB_OFFLINE:
         root = _cached_snapshot(str(source), revision, cache_dir) / (subfolder or "")
         if not root.is_dir():
@@ -140,7 +148,7 @@ def _cached_snapshot(repo_id: str, revision: str | None, cache_dir) -> Path:
     snapshot = storage / "snapshots" / sha
     if not snapshot.is_dir():
         raise FileNotFoundError(
-            f"{repo_id} (revision {rev!r}) is not in the local cache {storage.parent} and HF_HUB_OFFLINE is set; "
-            "load it once online (or unset HF_HUB_OFFLINE)"
+            f"{repo_id} is not a local folder, and as a Hub repo (revision {rev!r}) it is not in the local cache "
+            f"{storage.parent} and HF_HUB_OFFLINE is set; load it once online (or unset HF_HUB_OFFLINE)"
         ) from LocalEntryNotFoundError(str(snapshot))
     return snapshot

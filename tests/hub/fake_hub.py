@@ -132,7 +132,13 @@ class Handler(BaseHTTPRequestHandler):
         private = bool(body.get("private")) or body.get("visibility") == "private"
         repo = Repo(token=self._token(), private=private)
         sha = hashlib.sha1(f"init {repo_id}".encode()).hexdigest()
-        repo.commits[sha] = {}
+        attributes = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"  # the Hub starts repos with one
+        self.state.blobs[hashlib.sha256(attributes).hexdigest()] = attributes
+        repo.commits[sha] = {
+            ".gitattributes": FileEntry(
+                _git_oid(attributes), len(attributes), hashlib.sha256(attributes).hexdigest(), False
+            )
+        }
         repo.refs["main"] = sha
         self.state.repos[repo_id] = repo
         self._json(200, url)
@@ -170,7 +176,7 @@ class Handler(BaseHTTPRequestHandler):
                 if f.lfs:
                     entry["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": 134}
                 entries.append(entry)
-        if not entries and not dirs:
+        if path and not entries and not dirs:  # the root of an empty repo lists as []
             return self._error(404, "EntryNotFound", f"{path} does not exist on {rev}", {"X-Repo-Commit": sha})
         folders = [{"type": "directory", "path": d, "oid": hashlib.sha1(d.encode()).hexdigest()} for d in sorted(dirs)]
         self._json(200, folders + entries)

@@ -130,3 +130,14 @@ def test_index_is_json_with_format(hub):
     path = HfApi().hf_hub_download(REPO, INDEX_NAME)
     data = json.loads(open(path).read())
     assert data["format"] == "hubsae-index/1"
+
+
+def test_repushing_a_subfolder_removes_its_stale_files(hub):
+    sae = _saes()["model.layers.1"]
+    push_to_hub([sae], REPO)
+    HfApi().upload_file(path_or_fileobj=b"old shard", path_in_repo="model.layers.1/old.safetensors", repo_id=REPO)
+    HfApi().upload_file(path_or_fileobj=b"keep", path_in_repo="notes/keep.txt", repo_id=REPO)
+    push_to_hub({"model.layers.1": sae}, REPO)
+    files = set(HfApi().list_repo_files(REPO))
+    assert "model.layers.1/old.safetensors" not in files
+    assert {"notes/keep.txt", "model.layers.1/config.json", "model.layers.1/model.safetensors"} <= files
