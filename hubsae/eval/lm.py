@@ -24,9 +24,9 @@ from .metrics import (
     ReconstructionMetrics,
     decoder_max_cosine,
     fraction_recovered,
+    kl_from_log_probs,
     kl_score,
     token_cross_entropy,
-    token_kl,
 )
 
 logger = logging.getLogger(__name__)
@@ -110,6 +110,8 @@ def _hookpoint(sae: SAE) -> str:
 def _evaluate_batch(model, saes, results, ids: Tensor, keep: Tensor) -> None:
     clean, acts = _capture(model, [r.hookpoint for r in results], ids)
     mask = keep.unsqueeze(-1)
+    logp_clean = torch.log_softmax(clean[keep].float(), dim=-1)  # once for every KL below
+    n_kept = keep.sum()
     for sae, res in zip(saes, results, strict=True):
         x = acts[res.hookpoint]
         out = sae(x.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype), compute_losses=False)
@@ -123,8 +125,8 @@ def _evaluate_batch(model, saes, results, ids: Tensor, keep: Tensor) -> None:
         zeroed = _with_replacement(model, res.hookpoint, lambda a: a.masked_fill(mask, 0.0), ids)
         res.sums.add("ce_spliced", token_cross_entropy(spliced, ids, keep))
         res.sums.add("ce_zero", token_cross_entropy(zeroed, ids, keep))
-        res.sums.add("kl_spliced", token_kl(clean, spliced, keep))
-        res.sums.add("kl_zero", token_kl(clean, zeroed, keep))
+        res.sums.add("kl_spliced", (kl_from_log_probs(logp_clean, spliced[keep]), n_kept))
+        res.sums.add("kl_zero", (kl_from_log_probs(logp_clean, zeroed[keep]), n_kept))
     ce_clean = token_cross_entropy(clean, ids, keep)
     for res in results:
         res.sums.add("ce_clean", ce_clean)

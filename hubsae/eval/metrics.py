@@ -179,11 +179,17 @@ def token_kl(clean_logits: Tensor, new_logits: Tensor, mask: Tensor | None = Non
 
     The direction SAELens/SAEBench compute (sum of p_clean · (log p_clean − log p_new)).
     """
+    if mask is not None:
+        clean_logits, new_logits = clean_logits[mask.bool()], new_logits[mask.bool()]
     logp_clean = torch.log_softmax(clean_logits.float(), dim=-1)
+    return kl_from_log_probs(logp_clean, new_logits), torch.tensor(logp_clean.shape[:-1].numel())
+
+
+def kl_from_log_probs(logp_clean: Tensor, new_logits: Tensor) -> Tensor:
+    """Σ over tokens of KL(P_clean ‖ P_new), P_clean given as log-probabilities (..., vocab), so one
+    log-softmax of the clean logits serves several interventions."""
     logp_new = torch.log_softmax(new_logits.float(), dim=-1)
-    kl_BT = (logp_clean.exp() * (logp_clean - logp_new)).sum(-1)
-    keep_BT = torch.ones_like(kl_BT, dtype=torch.bool) if mask is None else mask.bool()
-    return kl_BT[keep_BT].double().sum(), keep_BT.sum()
+    return (logp_clean.exp() * (logp_clean - logp_new)).sum(-1).double().sum()
 
 
 def fraction_recovered(clean: float, spliced: float, ablated: float) -> float:
