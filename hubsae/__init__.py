@@ -5,6 +5,7 @@ from .hooks import Recording, SparseFeatures, ablate, clamp, record, splice, ste
 from .hub import list_saes, push_to_hub
 from .saes import *  # noqa: F403  (registers every architecture)
 from .saes import __all__ as _saes_all
+from .train import TrainConfig, Trainer
 
 __version__ = "0.1.0"
 __all__ = [
@@ -18,5 +19,7 @@ __all__ = [
     "record",
     "splice",
     "steer",
+    "TrainConfig",
+    "Trainer",
     *_saes_all,
 ]

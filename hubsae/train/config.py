@@ -1,0 +1,223 @@
+"""`TrainConfig`: everything a training run needs, loadable from a YAML recipe.
+
+Recipes override defaults only. An unknown key or a value of the wrong type is an error
+naming the key; `--override key=value` (value parsed as YAML, `sae.k=64` for a key inside a
+dict field) applies on top of the recipe.
+"""
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LR_DECAYS = ("none", "linear", "cosine")
+DISTRIBUTE = ("auto", "data", "hookpoints")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+METHODS = ("adam",)
+# keys that may change between a checkpoint and its resumption without changing the math
+RESUMABLE_CHANGES = {"checkpoint_every", "keep_checkpoints", "log_every", "log_with", "progress_bar", "output_dir"}
+
+
+@dataclass
+class TrainConfig:
+    """A training run: model and hookpoints, data, SAE, optimization, checkpoints, logging."""
+
+    model: str = "smollm2"
+    """Base LLM: a local folder or Hub id for `AutoModelForCausalLM`, or "smollm2" for the embedded SmolLM2-135M."""
+    model_dtype: str = "float32"
+    """dtype the LLM runs in ("float32", "bfloat16", "float16"); float32 on CPU (bf16 is ~8x slower there)."""
+    hookpoints: list[str] = field(default_factory=lambda: ["model.layers.6"])
+    """Modules whose output (or input, with a `:input` suffix) is read; one SAE is trained per hookpoint."""
+    architecture: str = "hubsae_topk"
+    """SAE `model_type`: hubsae_topk, hubsae_batchtopk, hubsae_relu, hubsae_jumprelu, hubsae_gated, ..."""
+    expansion_factor: int = 8
+    """d_sae = expansion_factor * d_in, unless d_sae is given."""
+    d_sae: int | None = None
+    """Number of latents; overrides expansion_factor."""
+    sae: dict[str, Any] = field(default_factory=dict)
+    """Extra fields of the architecture's config, e.g. {k: 32} or {l1_coefficient: 5.0}."""
+
+    dataset: str = ""
+    """Text source: a file, a folder of text files, or `hf:NAME` for a Hugging Face dataset."""
+    dataset_glob: str = "**/*.txt"
+    """Files read inside a dataset folder."""
+    dataset_split: str = "train"
+    """Split of an `hf:` dataset."""
+    dataset_text_column: str = "text"
+    """Column holding the text in an `hf:` dataset."""
+    dataset_config: str | None = None
+    """Configuration name of an `hf:` dataset."""
+    dataset_streaming: bool = True
+    """Stream an `hf:` dataset instead of downloading it whole."""
+    context_length: int = 128
+    """Tokens per context fed to the LLM."""
+    prepend_bos: bool = True
+    """Start every context with BOS (the text then fills context_length - 1 tokens)."""
+    exclude_special_tokens: bool = True
+    """Leave BOS/EOS/pad positions out of the training activations (BOS is an outlier attention sink)."""
+    model_batch_size: int = 8
+    """Contexts per LLM forward pass during harvesting."""
+    buffer_contexts: int = 64
+    """Contexts harvested into one shuffle buffer (a block); batches are drawn from a shuffled block."""
+    activation_cache: str | None = None
+    """Folder of a disk activation cache: read it if it exists, else harvest into it first, then train from it."""
+
+    batch_size: int = 4096
+    """Activations (tokens) per micro-batch, summed over all data-parallel processes."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step."""
+    max_tokens: int = 1_000_000
+    """Training tokens; steps = max_tokens // (batch_size * grad_accum_steps)."""
+    lr: float | None = None
+    """Peak learning rate; None means 2e-4 / sqrt(d_sae / 2**14) (Gao et al. 2024)."""
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    lr_warmup_steps: int = 0
+    """Steps of linear learning-rate warmup from 0."""
+    lr_decay: str = "linear"
+    """Decay after lr_decay_start: "none", "linear" or "cosine" down to min_lr_ratio * lr."""
+    lr_decay_start: float = 0.8
+    """Fraction of training after which the learning rate decays (Anthropic: the last 20%)."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of the peak."""
+    sparsity_warmup_steps: int = 0
+    """Steps over which the sparsity-loss weights ramp linearly from 0 to their config value."""
+    sparsity_losses: list[str] = field(default_factory=lambda: ["l1", "l0"])
+    """Names in `SAEOutput.losses` scaled by the sparsity warmup."""
+    max_grad_norm: float | None = None
+    """Clip each SAE's gradient norm to this value (None: no clipping)."""
+    dead_window_tokens: int = 10_000_000
+    """A latent that has not fired for this many tokens is dead (feeds AuxK and the dead % metric)."""
+    normalize_activations: bool = True
+    """Scale inputs so their mean norm is sqrt(d_in); the factor is stored in the SAE config and undone at inference."""
+    norm_estimation_batches: int = 4
+    """Batches used to estimate the scale factor and initialize b_dec (they are then trained on)."""
+    method: str = "adam"
+    """Optimization method."""
+
+    distribute: str = "auto"
+    """With several processes: "data" (data-parallel SAEs), "hookpoints" (each process trains its
+    share of the SAEs on all the data), or "auto" (hookpoints when there are at least as many SAEs as processes)."""
+    mixed_precision: str = "no"
+    """Accelerate mixed precision for the SAE step: "no", "fp16", "bf16" (GPU)."""
+    seed: int = 0
+    """Seed for SAE initialization and data shuffling."""
+    output_dir: str = "runs/sae"
+    """Run folder: the trained SAEs (one subfolder per hookpoint), checkpoints/, logs."""
+    checkpoint_every: int = 0
+    """Optimizer steps between checkpoints (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """Most recent checkpoints kept."""
+    log_every: int = 50
+    """Steps between metric logs (MSE, FVU, L0, dead %)."""
+    log_with: list[str] = field(default_factory=lambda: ["auto"])
+    """Trackers: "tensorboard", "wandb", or "auto" (TensorBoard when installed); installed ones only."""
+    progress_bar: bool = True
+    """Show a tqdm bar with tokens/s on the main process."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        self.validate()
+
+    def validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"TrainConfig: {msg}")
+
+        need(bool(self.hookpoints), "hookpoints must list at least one hookpoint")
+        need(len(set(self.hookpoints)) == len(self.hookpoints), f"hookpoints has duplicates: {self.hookpoints}")
+        need(bool(self.dataset) or bool(self.activation_cache), "dataset (or activation_cache) must be set")
+        for name in ("context_length", "model_batch_size", "buffer_contexts", "batch_size", "grad_accum_steps"):
+            need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        need(self.max_tokens >= self.batch_size * self.grad_accum_steps, "max_tokens is less than one optimizer step")
+        need(self.lr_decay in LR_DECAYS, f"lr_decay={self.lr_decay!r} is not one of {LR_DECAYS}")
+        need(self.distribute in DISTRIBUTE, f"distribute={self.distribute!r} is not one of {DISTRIBUTE}")
+        need(self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}")
+        need(self.method in METHODS, f"method={self.method!r} is not one of {METHODS}")
+        need(0.0 <= self.lr_decay_start <= 1.0, "lr_decay_start must be in [0, 1]")
+        need(len(self.adam_betas) == 2, f"adam_betas needs two values, got {self.adam_betas}")
+        need(self.norm_estimation_batches > 0, "norm_estimation_batches must be positive")
+
+    @property
+    def steps(self) -> int:
+        return self.max_tokens // (self.batch_size * self.grad_accum_steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "recipe") -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in names:
+                near = difflib.get_close_matches(str(key), names, n=3)
+                hint = f" (did you mean {', '.join(near)}?)" if near else ""
+                raise ValueError(f"{where}: unknown key {key!r}{hint}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
+        path = Path(path)
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a recipe must be a mapping of keys to values, got {type(data).__name__}")
+        for item in overrides or []:
+            apply_override(data, item)
+        return cls.from_dict(data, where=str(path))
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply `key=value` (or `dict_field.key=value`) to a recipe dict; the value is parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"override {item!r} must look like key=value")
+    value = yaml.safe_load(raw) if raw else ""
+    if "." in key:
+        outer, inner = key.split(".", 1)
+        sub = data.setdefault(outer, {})
+        if not isinstance(sub, dict):
+            raise ValueError(f"override {item!r}: {outer!r} is not a mapping")
+        sub[inner] = value
+    else:
+        data[key] = value
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    return isinstance(value, annotation)
+
+
+def check_types(config: TrainConfig) -> None:
+    """Raise a TypeError naming the first field whose value does not match its annotation."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not _matches(value, hints[f.name]):
+            want = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
+            raise TypeError(f"TrainConfig.{f.name} must be {want}, got {value!r} ({type(value).__name__})")
+        if hints[f.name] is float and isinstance(value, int):
+            setattr(config, f.name, float(value))  # YAML `lr: 1` is a fine float

@@ -1,0 +1,166 @@
+"""Building blocks of a run: the base model, the activation stream, the SAEs."""
+
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..data.cache import INDEX_NAME, cache_blocks, write_cache
+from ..data.stream import ActivationStream, Block, BlockSource, harvest_blocks
+from ..data.text import TextSource, contexts
+from ..saes.base import REGISTRY, SAE, SAEConfig
+from .config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def load_model(config: TrainConfig):
+    """(model, tokenizer) for `config.model`, in eval mode with frozen weights."""
+    dtype = getattr(torch, config.model_dtype)
+    if config.model == "smollm2":
+        from ..models import load_smollm2
+
+        model, tokenizer = load_smollm2(dtype=dtype)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(config.model)
+    model.eval().requires_grad_(False)
+    return model, tokenizer
+
+
+def text_source(config: TrainConfig) -> TextSource:
+    return TextSource(
+        path=config.dataset,
+        glob=config.dataset_glob,
+        split=config.dataset_split,
+        text_column=config.dataset_text_column,
+        config_name=config.dataset_config,
+        streaming=config.dataset_streaming,
+    )
+
+
+def harvest_source(config: TrainConfig, model, tokenizer, hookpoints: list[str], shard=(0, 1)) -> BlockSource:
+    source = text_source(config)
+    return harvest_blocks(
+        model,
+        tokenizer,
+        lambda: contexts(source, tokenizer, config.context_length, config.prepend_bos),
+        hookpoints,
+        buffer_contexts=config.buffer_contexts,
+        model_batch_size=config.model_batch_size,
+        exclude_special_tokens=config.exclude_special_tokens,
+        context_shard=shard,
+    )
+
+
+def ensure_cache(config: TrainConfig, model, tokenizer) -> None:
+    """Harvest into `config.activation_cache` unless it already holds an index (main process only)."""
+    folder = Path(config.activation_cache)
+    if (folder / INDEX_NAME).is_file():
+        return
+    logger.info("harvesting %d tokens into the activation cache %s", config.max_tokens, folder)
+    blocks = harvest_source(config, model, tokenizer, config.hookpoints)(0, 0)
+    meta = {
+        k: config.to_dict()[k] for k in ("model", "dataset", "context_length", "prepend_bos", "exclude_special_tokens")
+    }
+    write_cache(blocks, folder, config.max_tokens, meta, batch_size=config.batch_size)
+
+
+def make_stream(
+    config: TrainConfig, hookpoints: list[str], model, tokenizer, rank: int, world: int, data_parallel: bool
+):
+    """The local activation stream of this process."""
+    local_batch = config.batch_size // world if data_parallel else config.batch_size
+    if config.activation_cache:
+        blocks = cache_blocks(config.activation_cache, hookpoints)
+        shard = (rank, world) if data_parallel else (0, 1)
+        return ActivationStream(blocks, local_batch, config.seed, row_shard=shard)
+    shard = (rank, world) if data_parallel else (0, 1)
+    blocks = harvest_source(config, model, tokenizer, hookpoints, shard=shard)
+    return ActivationStream(blocks, local_batch, config.seed, seed_rank=rank if data_parallel else 0)
+
+
+def batch_statistics(batches: list[Block], reduce) -> dict[str, tuple[float, Tensor]]:
+    """Per hookpoint: (mean activation norm, mean activation) over the batches, averaged over processes."""
+    stats = {}
+    for name in batches[0]:
+        rows = torch.cat([b[name] for b in batches]).float()
+        norm = reduce(rows.norm(dim=-1).mean().reshape(1))
+        mean = reduce(rows.mean(0))
+        stats[name] = (float(norm), mean)
+    return stats
+
+
+def _sae_field_names(config_cls) -> set[str]:
+    """Fields declared by SAEConfig and its subclasses (not the generic PreTrainedConfig ones)."""
+    names: set[str] = set()
+    for klass in config_cls.__mro__:
+        if issubclass(klass, SAEConfig):
+            names |= set(getattr(klass, "__annotations__", {}))
+    return names
+
+
+def build_sae(config: TrainConfig, hookpoint: str, d_in: int, scale: float, mean: Tensor, index: int) -> SAE:
+    """A fresh SAE for one hookpoint, seeded by its position in the recipe (not by the process layout)."""
+    if config.architecture not in REGISTRY:
+        raise ValueError(f"unknown architecture {config.architecture!r}; registered: {sorted(REGISTRY)}")
+    config_cls, model_cls = REGISTRY[config.architecture]
+    fields = dict(
+        d_in=d_in,
+        d_sae=config.d_sae or config.expansion_factor * d_in,
+        hookpoint=hookpoint,
+        base_model_name_or_path=config.model,
+        input_norm="scale" if config.normalize_activations else "none",
+        input_scale=scale if config.normalize_activations else 1.0,
+    )
+    overlap = sorted(set(fields) & set(config.sae))
+    if overlap:
+        raise ValueError(f"sae: {overlap} are set by the trainer; use the top-level recipe keys instead")
+    own = _sae_field_names(config_cls) - {"model_type"}
+    unknown = sorted(set(config.sae) - own)
+    if unknown:
+        raise ValueError(f"sae: unknown keys {unknown} for {config_cls.__name__}; it has {sorted(own - set(fields))}")
+    sae_config = config_cls(**fields, **config.sae)
+    torch.manual_seed(config.seed * 1000 + index)
+    sae = model_cls(sae_config)
+    if sae_config.subtract_b_dec:
+        with torch.no_grad():
+            sae.b_dec.copy_(mean * sae_config.input_scale)  # start the decoder bias at the data mean
+    return sae
+
+
+def estimate_and_build(config: TrainConfig, hookpoints: list[str], first: list[Block], reduce) -> dict[str, SAE]:
+    stats = batch_statistics(first, reduce)
+    saes = {}
+    for name in hookpoints:
+        norm, mean = stats[name]
+        d_in = int(first[0][name].shape[-1])
+        if not math.isfinite(norm) or norm <= 0:
+            raise ValueError(f"hookpoint {name!r}: mean activation norm is {norm}; cannot normalize")
+        scale = math.sqrt(d_in) / norm
+        saes[name] = build_sae(config, name, d_in, scale, mean, config.hookpoints.index(name))
+        logger.info("SAE for %s: d_in=%d d_sae=%d input_scale=%.4g", name, d_in, saes[name].config.d_sae, scale)
+    return saes
+
+
+class SAEBundle(nn.Module):
+    """All SAEs of a process as one module (one DDP wrapper, one optimizer)."""
+
+    def __init__(self, saes: dict[str, SAE]):
+        super().__init__()
+        self.names = list(saes)
+        self.saes = nn.ModuleList(saes[n] for n in self.names)
+
+    def forward(self, batch: dict[str, Tensor], dead_masks: dict[str, Tensor]) -> dict:
+        return {
+            name: sae(batch[name], compute_losses=True, dead_mask=dead_masks[name])
+            for name, sae in zip(self.names, self.saes, strict=True)
+        }
+
+    def items(self) -> Iterator[tuple[str, SAE]]:
+        return zip(self.names, self.saes, strict=True)

@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+
+from hubsae.train import TrainConfig
+from hubsae.train.config import apply_override
+from hubsae.train.schedules import lr_factor, sparsity_factor
+
+RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
+
+
+def test_yaml_recipe_overrides_defaults_and_overrides_apply(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("dataset: texts/\nhookpoints: [model.layers.3]\nsae: {k: 16}\nlr: 1\n")
+    cfg = TrainConfig.from_yaml(recipe, ["batch_size=128", "sae.k=8", "hookpoints=[a, b]"])
+    assert cfg.dataset == "texts/" and cfg.batch_size == 128 and cfg.sae == {"k": 8}
+    assert cfg.hookpoints == ["a", "b"] and cfg.lr == 1.0 and isinstance(cfg.lr, int | float)
+    assert cfg.context_length == TrainConfig.context_length  # untouched default
+
+
+def test_unknown_key_and_wrong_type_name_the_key(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("dataset: x\nbatch_sise: 12\n")
+    with pytest.raises(ValueError, match=r"unknown key 'batch_sise' \(did you mean batch_size"):
+        TrainConfig.from_yaml(recipe)
+    recipe.write_text("dataset: x\nbatch_size: lots\n")
+    with pytest.raises(TypeError, match=r"TrainConfig.batch_size must be int, got 'lots'"):
+        TrainConfig.from_yaml(recipe)
+    with pytest.raises(TypeError, match="progress_bar"):
+        TrainConfig(dataset="x", progress_bar="yes")
+    with pytest.raises(TypeError, match="hookpoints"):
+        TrainConfig(dataset="x", hookpoints=[1, 2])
+    with pytest.raises(ValueError, match="must look like key=value"):
+        apply_override({}, "batch_size")
+    recipe.write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match="must be a mapping"):
+        TrainConfig.from_yaml(recipe)
+
+
+def test_cross_field_checks():
+    with pytest.raises(ValueError, match="lr_decay"):
+        TrainConfig(dataset="x", lr_decay="step")
+    with pytest.raises(ValueError, match="dataset"):
+        TrainConfig()
+    with pytest.raises(ValueError, match="max_tokens is less than one optimizer step"):
+        TrainConfig(dataset="x", batch_size=100, grad_accum_steps=2, max_tokens=150)
+    with pytest.raises(ValueError, match="duplicates"):
+        TrainConfig(dataset="x", hookpoints=["a", "a"])
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_shipped_recipes_load(recipe):
+    cfg = TrainConfig.from_yaml(recipe)
+    assert cfg.steps > 0
+
+
+def test_lr_schedule_warmup_flat_and_decay():
+    cfg = TrainConfig(dataset="x", batch_size=10, max_tokens=1000, lr_warmup_steps=10, lr_decay_start=0.5)
+    assert cfg.steps == 100
+    assert [lr_factor(s, cfg) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert lr_factor(30, cfg) == 1.0 and lr_factor(50, cfg) == 1.0
+    assert lr_factor(75, cfg) == pytest.approx(0.5) and lr_factor(100, cfg) == 0.0
+    cos = TrainConfig(
+        dataset="x", batch_size=10, max_tokens=1000, lr_decay="cosine", lr_decay_start=0.0, min_lr_ratio=0.1
+    )
+    assert lr_factor(0, cos) == pytest.approx(1.0) and lr_factor(50, cos) == pytest.approx(0.55)
+    flat = TrainConfig(dataset="x", batch_size=10, max_tokens=1000, lr_decay="none")
+    assert lr_factor(99, flat) == 1.0
+
+
+def test_sparsity_warmup():
+    cfg = TrainConfig(dataset="x", sparsity_warmup_steps=4)
+    assert [sparsity_factor(s, cfg) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert sparsity_factor(0, TrainConfig(dataset="x")) == 1.0

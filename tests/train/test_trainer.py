@@ -1,0 +1,147 @@
+import pytest
+import torch
+
+from hubsae import AutoSAE, ReLUSAE, ReLUSAEConfig
+from hubsae.data import write_cache
+from hubsae.data.stream import tensor_blocks
+from hubsae.train import NonFiniteLossError, Trainer
+from hubsae.train.checkpoint import latest_checkpoint
+from hubsae.train.metrics import DeadLatentTracker
+
+
+def _weights(saes):
+    return {f"{h}/{k}": v.detach().clone() for h, sae in saes.items() for k, v in sae.state_dict().items()}
+
+
+def _assert_identical(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_training_lowers_fvu_and_saves_loadable_saes(tiny_config, tiny_lm):
+    model, tok, _, _ = tiny_lm
+    cfg = tiny_config(hookpoints=["model.layers.1", "model.layers.0"], log_every=1, max_tokens=64 * 60)
+    trainer = Trainer(cfg, model=model, tokenizer=tok)
+    saes = trainer.train()
+    first, last = trainer.history[0], trainer.history[-1]
+    for h in cfg.hookpoints:
+        assert last[f"{h}/fvu"] < 0.6 * first[f"{h}/fvu"], (h, first[f"{h}/fvu"], last[f"{h}/fvu"])
+        assert last[f"{h}/l0"] == 4.0
+        loaded = AutoSAE.from_pretrained(f"{cfg.output_dir}/{h}")
+        assert loaded.config.hookpoint == h and loaded.config.input_norm == "scale"
+        _assert_identical(_weights({h: loaded}), _weights({h: saes[h]}))
+
+
+def test_input_scale_makes_the_mean_norm_sqrt_d_in(tiny_config, tiny_lm):
+    model, tok, _, _ = tiny_lm
+    cfg = tiny_config(max_tokens=64 * 4, norm_estimation_batches=4)
+    trainer = Trainer(cfg, model=model, tokenizer=tok)
+    sae = trainer.train()["model.layers.1"]
+    from hubsae.data.stream import ActivationStream
+    from hubsae.train.setup import harvest_source
+
+    stream = ActivationStream(harvest_source(cfg, model, tok, cfg.hookpoints), cfg.batch_size, cfg.seed)
+    it = stream()
+    rows = torch.cat([next(it)[1]["model.layers.1"] for _ in range(4)])
+    assert (rows * sae.config.input_scale).norm(dim=-1).mean() == pytest.approx(32**0.5, rel=1e-4)
+
+
+def test_sparsity_warmup_scales_only_the_sparsity_losses(tiny_config):
+    cfg = tiny_config(architecture="hubsae_relu", sae={"l1_coefficient": 2.0}, sparsity_warmup_steps=4)
+    trainer = Trainer(cfg)
+    sae = ReLUSAE(ReLUSAEConfig(d_in=32, d_sae=64, l1_coefficient=2.0))
+    trainer.saes = {"h": sae}
+    out = sae(torch.randn(8, 32), compute_losses=True)
+    total = trainer._total_loss({"h": out}, sparsity=0.25)
+    torch.testing.assert_close(total, out.losses["mse"] + 2.0 * 0.25 * out.losses["l1"])
+
+
+def test_dead_latent_tracker_window():
+    sae = ReLUSAE(ReLUSAEConfig(d_in=4, d_sae=3))
+    tracker = DeadLatentTracker({"h": sae}, window=50, device="cpu")
+    tracker.update({"h": torch.tensor([True, False, False])}, 60)
+    tracker.update({"h": torch.tensor([False, True, False])}, 60)
+    assert tracker.dead_masks()["h"].tolist() == [True, False, True]
+    state = tracker.state_dict()
+    other = DeadLatentTracker({"h": sae}, window=100, device="cpu")
+    other.load_state_dict(state)
+    assert other.since["h"].tolist() == [60, 0, 120]
+
+
+def test_auxk_gets_dead_latents(tiny_config, tiny_lm):
+    model, tok, _, _ = tiny_lm
+    cfg = tiny_config(dead_window_tokens=64, log_every=1, max_tokens=64 * 10, sae={"k": 1}, d_sae=256)
+    trainer = Trainer(cfg, model=model, tokenizer=tok)
+    trainer.train()
+    assert any(h["model.layers.1/dead_pct"] > 0 and h["model.layers.1/loss_auxk"] > 0 for h in trainer.history)
+
+
+def test_disk_cache_gives_identical_training(tiny_config, tiny_lm, tmp_path):
+    model, tok, _, _ = tiny_lm
+    live = Trainer(tiny_config(output_dir=str(tmp_path / "live")), model=model, tokenizer=tok).train()
+    cached_cfg = tiny_config(output_dir=str(tmp_path / "cached"), activation_cache=str(tmp_path / "cache"))
+    cached = Trainer(cached_cfg, model=model, tokenizer=tok).train()
+    assert (tmp_path / "cache" / "index.json").is_file()
+    _assert_identical(_weights(live), _weights(cached))
+    # a second SAE from the same harvest, without a model at all
+    again = Trainer(
+        tiny_config(output_dir=str(tmp_path / "again"), activation_cache=str(tmp_path / "cache"), model="none")
+    )
+    _assert_identical(_weights(again.train()), _weights(cached))
+
+
+def test_resume_in_process_is_bit_identical(tiny_config, tiny_lm, tmp_path):
+    model, tok, _, _ = tiny_lm
+    full = Trainer(tiny_config(output_dir=str(tmp_path / "full")), model=model, tokenizer=tok).train()
+    cfg = tiny_config(output_dir=str(tmp_path / "part"), checkpoint_every=7)
+    _train_steps(Trainer(cfg, model=model, tokenizer=tok), 16)  # checkpoints at 7 and 14, then "dies" at 16
+    assert latest_checkpoint(cfg.output_dir).name == "step-00000014"
+    resumed = Trainer(cfg, model=model, tokenizer=tok).train(resume=True)
+    _assert_identical(_weights(full), _weights(resumed))
+
+
+def _train_steps(trainer, n):
+    """Run the first n steps of trainer's loop (with its checkpoints), then abandon it."""
+    bundle, optimizer, scheduler, batches = trainer._setup(None)
+    trainer.tokens = 0
+    while trainer.step < n:
+        trainer._train_step(bundle, optimizer, scheduler, batches)
+        trainer.step += 1
+        if trainer.step % trainer.config.checkpoint_every == 0:
+            trainer.save_checkpoint(optimizer, scheduler)
+
+
+def test_resume_from_a_different_recipe_names_the_keys(tiny_config, tiny_lm):
+    model, tok, _, _ = tiny_lm
+    Trainer(tiny_config(max_tokens=64 * 4), model=model, tokenizer=tok).train()
+    changed = tiny_config(max_tokens=64 * 4, lr=1e-2, sae={"k": 8})
+    with pytest.raises(ValueError, match=r"its recipe differs in \['lr', 'sae'\]"):
+        Trainer(changed, model=model, tokenizer=tok).train(resume=True)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    data = {"h": torch.randn(64 * 12, 8, generator=g)}
+    data["h"][64 * 8 :] = float("nan")  # blocks 0-1 are fine, block 2 is poisoned
+    write_cache(tensor_blocks(data, 64 * 4)(0, 0), tmp_path / "cache", 10**9, {})
+    cfg = tiny_config(
+        hookpoints=["h"],
+        activation_cache=str(tmp_path / "cache"),
+        model="none",
+        checkpoint_every=4,
+        sae={"k": 2, "check_finite": False},
+        max_tokens=64 * 12,
+        norm_estimation_batches=1,
+    )
+    with pytest.raises(NonFiniteLossError, match="loss is nan at step 8.*step-00000008"):
+        Trainer(cfg).train()
+    assert latest_checkpoint(cfg.output_dir).name == "step-00000008"
+
+
+def test_bad_hookpoint_and_sae_key_are_named(tiny_config, tiny_lm):
+    model, tok, _, _ = tiny_lm
+    with pytest.raises(ValueError, match="model.layers.9"):
+        Trainer(tiny_config(hookpoints=["model.layers.9"]), model=model, tokenizer=tok).train()
+    with pytest.raises(ValueError, match="kk"):
+        Trainer(tiny_config(sae={"kk": 3}), model=model, tokenizer=tok).train()
