@@ -53,8 +53,10 @@ svg text { font-size: 10px; fill: #556; }
   <div>
     <section><h2 id="ftitle"></h2><table id="fstats"></table></section>
     <section><h2>Activation histogram (nonzero values)</h2><svg id="acthist" width="100%" viewBox="0 0 420 150"></svg></section>
-    <section><h2>Top logits (W<sub>dec</sub> &middot; W<sub>U</sub>)</h2><table id="logits"></table></section>
+    <section><h2>Top logits (W<sub>dec</sub> &middot; W<sub>U</sub>)</h2><table id="logits"></table>
+      <svg id="logithist" width="100%" viewBox="0 0 420 150"></svg></section>
     <section><h2>Top activating contexts</h2><div id="contexts"></div></section>
+    <section id="randomsec"><h2>Random activating contexts (typical activations)</h2><div id="random"></div></section>
   </div>
 </main>
 <script type="application/json" id="data">__DATA__</script>
@@ -97,10 +99,10 @@ function drawDensity(f) {
   bars($("density"), d.counts, "1e" + edges[0], "1e" + edges[edges.length - 1], mark);
   $("dead").textContent = d.dead + " dead latents (never fired on " + DATA.n_tokens + " tokens)";
 }
-function drawContexts(f) {
-  const box = $("contexts"); box.replaceChildren();
-  if (!f.activations.length) { box.textContent = "This latent never fired on the evaluated text."; return; }
-  for (const a of f.activations) {
+function drawContexts(box, examples, f) {
+  box.replaceChildren();
+  if (!examples.length) { box.textContent = "This latent never fired on the evaluated text."; return; }
+  for (const a of examples) {
     const line = el("div", {class: "ctx"}); line.append(el("span", {class: "v"}, fmt(a.maxValue)));
     a.tokens.forEach((t, i) => {
       const v = a.values[i], alpha = f.max_act > 0 ? Math.max(0, v) / f.max_act : 0;
@@ -134,7 +136,11 @@ function show(i) {
     ["mean activation (when firing)", fmt(f.mean_act)], ["max decoder cosine", fmt(f.max_cos) + " (feature " + f.max_cos_neighbor + ")"]]);
   const edges = f.freq_hist_data_bar_edges;
   bars($("acthist"), f.freq_hist_data_bar_heights, fmt(edges[0]), fmt(edges[edges.length - 1]), -1);
-  drawDensity(f); drawLogits(f); drawContexts(f);
+  const le = f.logits_hist_data_bar_values;
+  bars($("logithist"), f.logits_hist_data_bar_heights, "logit effect " + fmt(le[0]), fmt(le[le.length - 1]), -1);
+  drawDensity(f); drawLogits(f); drawContexts($("contexts"), f.activations, f);
+  $("randomsec").hidden = !f.random_activations;
+  if (f.random_activations) drawContexts($("random"), f.random_activations, f);
   document.body.dataset.feature = String(i);
   document.body.dataset.status = "ok";
 }

@@ -37,6 +37,21 @@ def token_strings(ids: set[int], decode: Callable[[list[int]], str]) -> dict[int
     return {i: decode([i]) for i in sorted(ids)}
 
 
+def _examples_json(collector: TopActivations, f: int, strings: dict[int, str]) -> list[dict]:
+    out = []
+    for ex in collector.examples(f):
+        values = _rl(ex["acts"])
+        out.append(
+            {
+                "tokens": [strings[t] for t in ex["tokens"]],
+                "values": values,
+                "maxValue": _r(ex["value"]),
+                "maxValueTokenIndex": max(range(len(values)), key=values.__getitem__),
+            }
+        )
+    return out
+
+
 def build_browser_data(
     *,
     metrics: ReconstructionMetrics,
@@ -47,25 +62,21 @@ def build_browser_data(
     decode: Callable[[list[int]], str],
     title: str = "hubsae feature browser",
     meta: dict | None = None,
+    samples: TopActivations | None = None,
 ) -> dict:
-    """Everything the page shows, as plain JSON-able data; one entry per latent in `features`."""
+    """Everything the page shows, as plain JSON-able data; one entry per latent in `features`.
+
+    `samples` (a `TopActivations(sample=True)`) adds `random_activations` to each feature.
+    """
     used = set(top.tokens[top.tokens != PAD_TOKEN].tolist())
+    if samples is not None:
+        used |= set(samples.tokens[samples.tokens != PAD_TOKEN].tolist())
     used |= set(effects.pos_ids.flatten().tolist()) | set(effects.neg_ids.flatten().tolist())
     strings = token_strings(used, decode)
     density, mean_act = metrics.density(), metrics.mean_activation()
     features = []
     for f in range(metrics.d_sae):
-        acts = []
-        for ex in top.examples(f):
-            values = _rl(ex["acts"])
-            acts.append(
-                {
-                    "tokens": [strings[t] for t in ex["tokens"]],
-                    "values": values,
-                    "maxValue": _r(ex["value"]),
-                    "maxValueTokenIndex": max(range(len(values)), key=values.__getitem__),
-                }
-            )
+        acts = _examples_json(top, f, strings)
         edges = hist.edges(f)
         features.append(
             {
@@ -87,6 +98,8 @@ def build_browser_data(
                 "activations": acts,
             }
         )
+        if samples is not None:
+            features[-1]["random_activations"] = _examples_json(samples, f, strings)
     alive = (metrics.fire_count > 0).nonzero()
     return {
         "title": title,

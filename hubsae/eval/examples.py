@@ -19,13 +19,27 @@ class TopActivations:
     sequences fired), `seq (F, k)` global sequence indices, `pos (F, k)` peak positions,
     `tokens (F, k, W)` token ids of the window (PAD_TOKEN outside the sequence) and
     `acts (F, k, W)` the latent's activation on each of them.
+
+    With `sample=True` the k sequences are instead a uniform random sample of those on which the
+    latent fired (each gets a random priority; the k highest priorities are kept, which is reservoir
+    sampling without replacement), showing typical rather than extreme activations.
     """
 
-    def __init__(self, d_sae: int, k: int = 20, radius: int = 5, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        d_sae: int,
+        k: int = 20,
+        radius: int = 5,
+        device: torch.device | str = "cpu",
+        sample: bool = False,
+        seed: int = 0,
+    ):
         if k <= 0 or radius < 0:
             raise ValueError(f"TopActivations needs k > 0 and radius >= 0, got k={k}, radius={radius}")
         self.d_sae, self.k, self.radius = d_sae, k, radius
         width = 2 * radius + 1
+        self.generator = torch.Generator(device=device).manual_seed(seed) if sample else None
+        self.rank = torch.full((d_sae, k), -torch.inf, device=device)  # the peak, or the random priority
         self.values = torch.full((d_sae, k), -torch.inf, device=device)
         self.seq = torch.full((d_sae, k), -1, dtype=torch.int64, device=device)
         self.pos = torch.full((d_sae, k), -1, dtype=torch.int64, device=device)
@@ -50,9 +64,13 @@ class TopActivations:
         tokens_BFW, acts_BFW = self._windows(feats_BTF, input_ids.to(self.values.device), pos_BF)
         seq_B = torch.arange(self.n_sequences, self.n_sequences + B, device=self.values.device)
         self.n_sequences += B
-        all_vals = torch.cat([self.values, peak_BF.T], dim=1)  # (F, k + B)
-        top_vals, top_idx = all_vals.topk(self.k, dim=1)  # sorted, descending
-        self.values = top_vals
+        rank_BF = peak_BF
+        if self.generator is not None:
+            prio = torch.rand(peak_BF.shape, generator=self.generator, device=peak_BF.device)
+            rank_BF = prio.masked_fill(~torch.isfinite(peak_BF), -torch.inf)
+        all_rank = torch.cat([self.rank, rank_BF.T], dim=1)  # (F, k + B)
+        self.rank, top_idx = all_rank.topk(self.k, dim=1)  # sorted, descending
+        self.values = _pick(self.values, peak_BF.T, top_idx)
         self.seq = _pick(self.seq, seq_B.expand(F, B), top_idx)
         self.pos = _pick(self.pos, pos_BF.T, top_idx)
         self.tokens = _pick(self.tokens, tokens_BFW.transpose(0, 1), top_idx)
@@ -69,9 +87,9 @@ class TopActivations:
         return tokens, feats_pad.gather(2, idx_BFW)
 
     def examples(self, feature: int) -> list[dict]:
-        """The examples of one latent, best first: {seq, pos, value, tokens, acts} with the padding cut."""
+        """The examples of one latent, highest peak first: {seq, pos, value, tokens, acts}, padding cut."""
         out = []
-        for j in range(self.k):
+        for j in self.values[feature].argsort(descending=True, stable=True).tolist():
             if not torch.isfinite(self.values[feature, j]):
                 break
             toks, acts = self.tokens[feature, j], self.acts[feature, j]

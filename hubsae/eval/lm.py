@@ -56,6 +56,7 @@ class SAEEvaluation:
     recon: ReconstructionMetrics
     top: TopActivations | None = None
     hist: ActivationHistogram | None = None
+    samples: TopActivations | None = None
     sums: _Sums = field(default_factory=_Sums)
     metrics: dict = field(default_factory=dict)
 
@@ -120,6 +121,8 @@ def _evaluate_batch(model, saes, results, ids: Tensor, keep: Tensor) -> None:
         if res.top is not None:
             res.top.update(feats, ids, keep)
             res.hist.update(feats[keep.to(feats.device)])
+        if res.samples is not None:
+            res.samples.update(feats, ids, keep)
         # upstream of the hookpoint nothing changes, so the clean activation's x_hat is what splicing inserts
         spliced = _with_replacement(model, res.hookpoint, lambda a, r=x_hat: torch.where(mask, r, a), ids)
         zeroed = _with_replacement(model, res.hookpoint, lambda a: a.masked_fill(mask, 0.0), ids)
@@ -162,6 +165,7 @@ def evaluate(
     max_contexts: int | None = None,
     special_ids: Iterable[int] = (),
     n_examples: int = 0,
+    n_samples: int = 0,
     example_radius: int = 5,
     progress: bool = True,
 ) -> list[SAEEvaluation]:
@@ -169,7 +173,8 @@ def evaluate(
 
     `special_ids` (e.g. `tokenizer.all_special_ids`) are excluded; `n_examples > 0` also collects
     that many top-activating contexts per latent (window ± `example_radius`) and activation
-    histograms, for the feature browser. Each result's `metrics` holds every scalar metric.
+    histograms, for the feature browser; `n_samples > 0` a uniform random sample of that many
+    firing contexts per latent (typical rather than top activations). Each result's `metrics` holds every scalar metric.
     """
     if model.training:
         logger.warning("evaluate(): %s is in training mode (dropout on); call model.eval() first", type(model).__name__)
@@ -181,7 +186,8 @@ def evaluate(
         recon = ReconstructionMetrics(sae.config.d_in, sae.config.d_sae)
         top = TopActivations(sae.config.d_sae, n_examples, example_radius) if n_examples else None
         hist = ActivationHistogram(sae.config.d_sae) if n_examples else None
-        results.append(SAEEvaluation(_hookpoint(sae), recon, top, hist))
+        samples = TopActivations(sae.config.d_sae, n_samples, example_radius, sample=True) if n_samples else None
+        results.append(SAEEvaluation(_hookpoint(sae), recon, top, hist, samples))
     device = next(model.parameters()).device
     special = torch.tensor(sorted(set(special_ids)), dtype=torch.long, device=device)
     n_done = 0

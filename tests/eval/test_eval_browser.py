@@ -30,8 +30,10 @@ def browser_data():
     feats[0, 3, 12] = 50.0  # feature 12's top context holds the hostile token
     x = torch.randn(6, 16, D)
     metrics, top, hist = ReconstructionMetrics(D, F), TopActivations(F, k=5, radius=3), ActivationHistogram(F)
+    samples = TopActivations(F, k=2, radius=3, sample=True)
     metrics.update(x, x + 0.1 * torch.randn_like(x), feats)
     top.update(feats, ids)
+    samples.update(feats, ids)
     hist.update(feats)
     W_dec, W_U = torch.randn(F, D), torch.randn(V, D)
     return build_browser_data(
@@ -43,6 +45,7 @@ def browser_data():
         decode=_decode,
         title="test <browser>",
         meta={"hookpoint": "model.layers.1"},
+        samples=samples,
     )
 
 
@@ -56,6 +59,7 @@ def test_browser_data_fields(browser_data):
     assert len(f12["pos_str"]) == 4 and f12["pos_values"] == sorted(f12["pos_values"], reverse=True)
     assert sum(f12["freq_hist_data_bar_heights"]) == round(f12["frac_nonzero"] * browser_data["n_tokens"])
     assert feats[5]["activations"] == [] and feats[5]["frac_nonzero"] == 0.0
+    assert feats[5]["random_activations"] == [] and len(f12["random_activations"]) == 2
     assert browser_data["density_hist"]["dead"] == 1
 
 
@@ -96,7 +100,8 @@ def test_page_in_headless_chromium(browser_data, tmp_path):
     assert '<pre id="errors"></pre>' in dom
     # the hostile token is rendered as text inside a highlighted span, not as markup
     assert "&lt;/script&gt;&lt;b&gt;x</span>" in dom
-    assert dom.count('class="ctx"') == len(browser_data["features"][12]["activations"])
+    f12 = browser_data["features"][12]
+    assert dom.count('class="ctx"') == len(f12["activations"]) + len(f12["random_activations"]) > 5
 
     missing = _chromium(tmp_path, "--dump-dom", url + "#feature=999")
     assert "no feature 999 (0 to 23)" in missing.stdout

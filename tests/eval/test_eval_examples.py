@@ -84,3 +84,26 @@ def test_activation_histogram_dead_latent_and_odd_bins():
     assert hist.counts[1].sum() == 2
     with pytest.raises(ValueError, match="even"):
         ActivationHistogram(2, bins=5)
+
+
+def test_sampled_examples_are_a_uniform_sample_of_firing_sequences():
+    n_seq, T = 30, 5
+    feats = torch.rand(n_seq, T, 2) + 0.01  # latent 0 fires in every sequence
+    feats[:, :, 1] = 0.0
+    feats[[3, 7], 2, 1] = 1.0  # latent 1 fires in two sequences only
+    ids = torch.randint(0, 50, (n_seq, T))
+    hits = torch.zeros(n_seq)
+    trials = 250
+    for seed in range(trials):
+        s = TopActivations(2, k=3, radius=1, sample=True, seed=seed)
+        for i in range(0, n_seq, 8):
+            s.update(feats[i : i + 8], ids[i : i + 8])
+        got = [e["seq"] for e in s.examples(0)]
+        assert len(set(got)) == 3
+        hits[got] += 1
+        assert sorted(e["seq"] for e in s.examples(1)) == [3, 7]  # fewer firing than k: all of them
+        values = [e["value"] for e in s.examples(0)]
+        assert values == sorted(values, reverse=True)
+        assert values == pytest.approx([float(feats[q, :, 0].max()) for q in got])
+    # each sequence is kept with probability k / n_seq = 0.1 (binomial sd 0.019 over 250 trials)
+    assert (hits / trials - 0.1).abs().max() < 0.08
