@@ -1,6 +1,7 @@
 """hubsae: sparse autoencoders as Hugging Face models."""
 
 from .auto import AutoSAE
+from .eval import evaluate, write_browser
 from .hooks import Recording, SparseFeatures, ablate, clamp, record, splice, steer
 from .hub import list_saes, push_to_hub
 from .saes import *  # noqa: F403  (registers every architecture)
@@ -21,5 +22,7 @@ __all__ = [
     "steer",
     "TrainConfig",
     "Trainer",
+    "evaluate",
+    "write_browser",
     *_saes_all,
 ]

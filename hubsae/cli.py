@@ -8,6 +8,8 @@ import os
 # (name, module, help): the module defines `add_arguments(parser)` and `run(args)`.
 COMMANDS = [
     ("demo", "hubsae.demo", "the README's main job on the embedded SmolLM2"),
+    ("eval", "hubsae.eval.cli", "evaluate SAEs on held-out text: FVU, L0, dead latents, CE loss recovered, KL"),
+    ("browse", "hubsae.eval.browse", "write a static HTML feature browser for an SAE"),
     ("train", "hubsae.train.cli", "train SAEs from a YAML recipe (also under `accelerate launch`)"),
     ("push", "hubsae.hub", "push a folder of SAEs to the Hub in one commit, with a model card and an index"),
 ]
