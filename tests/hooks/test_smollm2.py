@@ -1,0 +1,43 @@
+"""End to end on the real SmolLM2-135M-Instruct: steered generate(), and the model unchanged afterwards."""
+
+import hashlib
+
+import pytest
+import torch
+
+import hubsae
+from hubsae.models import load_smollm2
+
+pytestmark = pytest.mark.slow
+
+
+def digest(model) -> str:
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_steered_generation_on_smollm2():
+    model, tokenizer = load_smollm2()
+    tokenizer.padding_side = "left"
+    inputs = tokenizer(
+        ["The capital of France is", "My favourite food is pizza because"], return_tensors="pt", padding=True
+    )
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    sae = hubsae.TopKSAE(hubsae.TopKSAEConfig(d_in=576, d_sae=1152, k=16, hookpoint="blocks.15.hook_resid_post"))
+    before = digest(model)
+    with torch.no_grad():
+        plain = model.generate(**inputs, **kwargs)
+        with hubsae.steer(model, sae, {42: 2.0}, positions="generated", relative=True):
+            steered = model.generate(**inputs, **kwargs)
+        again = model.generate(**inputs, **kwargs)
+    prompt_len = inputs.input_ids.shape[1]
+    assert torch.equal(steered[:, :prompt_len], inputs.input_ids)
+    for row in range(2):  # every row's continuation changes, from the first generated token on
+        assert steered[row, prompt_len] != plain[row, prompt_len], tokenizer.decode(steered[row])
+    assert torch.equal(again, plain)
+    assert digest(model) == before
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
