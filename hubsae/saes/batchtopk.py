@@ -4,6 +4,7 @@ Training keeps the k*B largest activations over the whole batch (mean L0 = k, pe
 varies). Inference is a JumpReLU with one global threshold theta: f = a * 1[a > theta], where
 theta is an EMA (beta = `threshold_beta`) of the smallest activation kept in training batches
 (papers.md §4.3). Until theta has been estimated (buffer < 0), inference falls back to per-token TopK.
+Training forwards take the sparse path of `TopKSAE.forward` with the batch-wide selection.
 """
 
 import torch
@@ -11,8 +12,9 @@ from huggingface_hub.dataclasses import strict
 from torch import Tensor
 from transformers import initialization as init
 
+from ..ops import inherits_unchanged
 from .base import register
-from .topk import TopKSAE, TopKSAEConfig
+from .topk import SPARSE_MATH, TopKSAE, TopKSAEConfig
 
 
 @strict
@@ -49,6 +51,11 @@ class BatchTopKSAE(TopKSAE):
         dense = torch.zeros_like(flat).flatten().scatter_(0, indices, values)
         self._update_threshold(values)
         return dense.reshape(pre_acts.shape)
+
+    def sparse_selection(self) -> str | None:
+        """The batch-wide top k*N ("batch") in training; eval uses the threshold, so the plain path (None)."""
+        names = SPARSE_MATH + ("batch_topk", "_update_threshold")
+        return "batch" if self.training and inherits_unchanged(self, BatchTopKSAE, names) else None
 
     @torch.no_grad()
     def _update_threshold(self, kept: Tensor) -> None:
