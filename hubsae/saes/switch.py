@@ -116,6 +116,11 @@ class SwitchSAE(TopKSAE):
         indices, values = self.encode_sparse(x)
         return self._dense(indices, values)
 
+    def activation(self, pre_acts: Tensor) -> Tensor:
+        raise NotImplementedError(
+            "SwitchSAE features depend on the router's gate, not on pre-activations alone: use encode / encode_sparse"
+        )
+
     def pre_acts(self, x: Tensor) -> Tensor:
         """Dense (..., d_sae) pre-activations: the routed expert's block, zeros elsewhere."""
         flat = x.reshape(-1, x.shape[-1])
