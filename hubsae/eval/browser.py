@@ -73,7 +73,9 @@ def build_browser_data(
         used |= set(samples.tokens[samples.tokens != PAD_TOKEN].tolist())
     used |= set(effects.pos_ids.flatten().tolist()) | set(effects.neg_ids.flatten().tolist())
     strings = token_strings(used, decode)
-    density, mean_act = metrics.density(), metrics.mean_activation()
+    # read per latent below: one transfer each instead of one per latent
+    density, mean_act, act_max = metrics.density().cpu(), metrics.mean_activation().cpu(), metrics.act_max.cpu()
+    nearest = (nearest[0].cpu(), nearest[1].cpu())
     features = []
     for f in range(metrics.d_sae):
         acts = _examples_json(top, f, strings)
@@ -83,7 +85,7 @@ def build_browser_data(
                 "feature_index": f,
                 "frac_nonzero": float(density[f]),
                 "mean_act": _r(float(mean_act[f])),
-                "max_act": _r(float(metrics.act_max[f])),
+                "max_act": _r(float(act_max[f])),
                 "max_cos": _r(float(nearest[0][f])),
                 "max_cos_neighbor": int(nearest[1][f]),
                 "freq_hist_data_bar_heights": hist.counts[f].tolist(),
@@ -100,7 +102,7 @@ def build_browser_data(
         )
         if samples is not None:
             features[-1]["random_activations"] = _examples_json(samples, f, strings)
-    alive = (metrics.fire_count > 0).nonzero()
+    alive = (metrics.fire_count > 0).nonzero().cpu()
     return {
         "title": title,
         "meta": dict(meta or {}),

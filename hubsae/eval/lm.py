@@ -183,7 +183,8 @@ def evaluate(
         raise ValueError("evaluate() needs at least one SAE")
     results = []
     for sae in saes:
-        recon = ReconstructionMetrics(sae.config.d_in, sae.config.d_sae)
+        # sums live beside the SAE; the per-latent collectors on the CPU, where the browser reads them
+        recon = ReconstructionMetrics(sae.config.d_in, sae.config.d_sae, device=sae.W_dec.device)
         top = TopActivations(sae.config.d_sae, n_examples, example_radius) if n_examples else None
         hist = ActivationHistogram(sae.config.d_sae) if n_examples else None
         samples = TopActivations(sae.config.d_sae, n_samples, example_radius, sample=True) if n_samples else None

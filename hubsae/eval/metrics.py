@@ -53,9 +53,10 @@ class ReconstructionMetrics:
             raise ValueError(f"x {tuple(x.shape)} and x_hat {tuple(x_hat.shape)} must match with last dim {self.d_in}")
         if features.shape[:-1] != x.shape[:-1] or features.shape[-1] != self.d_sae:
             raise ValueError(f"features {tuple(features.shape)} must be {tuple(x.shape[:-1])} + ({self.d_sae},)")
-        x_ND = x.reshape(-1, self.d_in).double()
-        x_hat_ND = x_hat.reshape(-1, self.d_in).double()
-        f_NF = features.reshape(-1, self.d_sae)
+        dev = self.sum_x.device
+        x_ND = x.reshape(-1, self.d_in).to(dev, torch.float64)
+        x_hat_ND = x_hat.reshape(-1, self.d_in).to(dev, torch.float64)
+        f_NF = features.reshape(-1, self.d_sae).to(dev)
         if x_ND.shape[0] == 0:
             return
         err_ND = x_ND - x_hat_ND

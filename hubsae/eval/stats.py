@@ -55,9 +55,10 @@ def logit_effects(W_dec: Tensor, W_U: Tensor, n: int = 10, bins: int = 50, chunk
         hi = torch.where(hi > lo, hi, lo + 1e-6)
         # per-row histogram via bucket indices: histc has no batched form
         idx_CV = ((eff_CV - lo[:, None]) / (hi - lo)[:, None] * bins).long().clamp(0, bins - 1)
-        counts = torch.zeros(eff_CV.shape[0], bins, dtype=torch.int64).scatter_add_(1, idx_CV, torch.ones_like(idx_CV))
-        edges = lo[:, None] + (hi - lo)[:, None] * torch.linspace(0, 1, bins + 1)
+        counts = torch.zeros(eff_CV.shape[0], bins, dtype=torch.int64, device=eff_CV.device)
+        counts.scatter_add_(1, idx_CV, torch.ones_like(idx_CV))
+        edges = lo[:, None] + (hi - lo)[:, None] * torch.linspace(0, 1, bins + 1, device=eff_CV.device)
         for key, value in zip(parts, (pi, pv, ni, nv, counts, edges), strict=True):
             parts[key].append(value)
-    pi, pv, ni, nv, hc, he = (torch.cat(parts[k]) for k in parts)
+    pi, pv, ni, nv, hc, he = (torch.cat(parts[k]).cpu() for k in parts)  # read per latent on the CPU
     return LogitEffects(pi, pv, ni, nv, hc, he)
