@@ -67,27 +67,30 @@ class Code:
     stats: object  # the SAE's normalization statistics (None unless input_norm="token")
 
 
-def has_exact_sparse_path(sae: SAE) -> bool:
-    """True when `encode_sparse` is defined at or below the class that defines `activation`.
+_ENCODING_METHODS = ("encode", "pre_acts", "activation", "normalize_input")
 
-    A subclass that overrides `activation` after inheriting `encode_sparse` (BatchTopK's
-    threshold at inference) would make the sparse path disagree with `encode`.
+
+def has_exact_sparse_path(sae: SAE) -> bool:
+    """True when `encode_sparse` is defined at or below every class that defines how `encode` works.
+
+    A subclass that overrides `activation` after inheriting `encode_sparse` (BatchTopK's threshold at
+    inference) would make the inherited sparse path disagree with `encode`.
     """
     mro = type(sae).__mro__
     sparse_owner = next((c for c in mro if "encode_sparse" in c.__dict__), None)
-    act_owner = next(c for c in mro if "activation" in c.__dict__)
-    return sparse_owner is not None and issubclass(sparse_owner, act_owner)
+    if sparse_owner is None:
+        return False
+    owners = [next(c for c in mro if name in c.__dict__) for name in _ENCODING_METHODS]
+    return all(issubclass(sparse_owner, owner) for owner in owners)
 
 
 def encode(sae: SAE, x: Tensor) -> Code:
     """The SAE's features of x (..., d_in), sparse; identical to `sae.encode(x)` once densified."""
+    stats = sae.normalize_input(x)[1] if sae.config.input_norm == "token" else None
     if has_exact_sparse_path(sae):
         indices, values = sae.encode_sparse(x)
-        stats = sae.normalize_input(x)[1] if sae.config.input_norm == "token" else None
         return Code(SparseFeatures(indices, values, sae.config.d_sae), stats)
-    sae.check_input(x)
-    x_norm, stats = sae.normalize_input(x)
-    dense = sae.activation(sae.pre_acts(x_norm))
+    dense = sae.encode(x)
     k = int((dense != 0).sum(-1).max()) if dense.numel() else 0
     indices = dense.abs().topk(k, dim=-1, sorted=False).indices
     return Code(SparseFeatures(indices, dense.gather(-1, indices), sae.config.d_sae), stats)
