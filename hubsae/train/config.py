@@ -18,7 +18,7 @@ import yaml
 LR_DECAYS = ("none", "linear", "cosine")
 DISTRIBUTE = ("auto", "data", "hookpoints")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-METHODS = ("adam",)
+METHODS = ("adam", "pam_sgd")
 # keys that may change between a checkpoint and its resumption without changing the math
 RESUMABLE_CHANGES = {"checkpoint_every", "keep_checkpoints", "log_every", "log_with", "progress_bar", "output_dir"}
 
@@ -102,7 +102,19 @@ class TrainConfig:
     norm_estimation_batches: int = 4
     """Batches used to estimate the scale factor and initialize b_dec (they are then trained on)."""
     method: str = "adam"
-    """Optimization method."""
+    """"adam": AdamW on every parameter. "pam_sgd": AdamW on the encoder, the decoder set in closed
+    form each batch (SplInterp's PAM-SGD, `pam.py`); one process, no gradient accumulation."""
+    pam: dict[str, Any] = field(default_factory=dict)
+    """PAM-SGD coefficients for `PAMSGD` (mu_enc, nu_enc, mu_dec, nu_dec, alpha, beta, tol; n_total
+    defaults to max_tokens)."""
+    ortho_coefficient: float = 0.0
+    """OrtSAE orthogonality penalty weight gamma on the decoder rows (0.25 in the paper; 0: off)."""
+    ortho_chunks: int | None = None
+    """Chunks K the latents are split into for the penalty; None: ceil(d_sae / ortho_chunk_size)."""
+    ortho_chunk_size: int = 8192
+    """Latents per chunk when ortho_chunks is None (8192 in the paper)."""
+    ortho_every: int = 1
+    """Compute the penalty every N steps with weight gamma * N (the paper's cheaper variant: 5)."""
 
     distribute: str = "auto"
     """With several processes: "data" (data-parallel SAEs), "hookpoints" (each process trains its
@@ -146,6 +158,12 @@ class TrainConfig:
         need(0.0 <= self.lr_decay_start <= 1.0, "lr_decay_start must be in [0, 1]")
         need(len(self.adam_betas) == 2, f"adam_betas needs two values, got {self.adam_betas}")
         need(self.norm_estimation_batches > 0, "norm_estimation_batches must be positive")
+        need(self.ortho_coefficient >= 0 and self.ortho_every >= 1, "ortho_coefficient must be >= 0, ortho_every >= 1")
+        need(not self.pam or self.method == "pam_sgd", "pam coefficients are set but method is not 'pam_sgd'")
+        need(
+            self.method != "pam_sgd" or self.grad_accum_steps == 1,
+            "method='pam_sgd' solves the decoder per batch: grad_accum_steps must be 1",
+        )
 
     @property
     def steps(self) -> int:

@@ -16,6 +16,8 @@ from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
+PAM_OFF = ("normalize_decoder", "subtract_b_dec")
+
 
 def load_model(config: TrainConfig):
     """(model, tokenizer) for `config.model`, in eval mode with frozen weights."""
@@ -118,14 +120,21 @@ def build_sae(config: TrainConfig, hookpoint: str, d_in: int, scale: float, mean
         input_norm="scale" if config.normalize_activations else "none",
         input_scale=scale if config.normalize_activations else 1.0,
     )
-    overlap = sorted(set(fields) & set(config.sae))
+    if config.method == "pam_sgd":
+        # renormalizing decoder rows would undo the closed-form solve, and subtracting b_dec before
+        # encoding would change the codes the decoder was just solved for
+        for key in PAM_OFF:
+            if config.sae.get(key, False):
+                raise ValueError(f"sae: {key}=True cannot be combined with method='pam_sgd'")
+            fields[key] = False
+    overlap = sorted(set(fields) & set(config.sae) - set(PAM_OFF))
     if overlap:
         raise ValueError(f"sae: {overlap} are set by the trainer; use the top-level recipe keys instead")
     own = _sae_field_names(config_cls) - {"model_type"}
     unknown = sorted(set(config.sae) - own)
     if unknown:
         raise ValueError(f"sae: unknown keys {unknown} for {config_cls.__name__}; it has {sorted(own - set(fields))}")
-    sae_config = config_cls(**fields, **config.sae)
+    sae_config = config_cls(**{**fields, **config.sae})
     torch.manual_seed(config.seed * 1000 + index)
     sae = model_cls(sae_config)
     if sae_config.subtract_b_dec:

@@ -26,6 +26,7 @@ from ..data.stream import DataPosition
 from ..saes.base import SAE
 from . import checkpoint as ckpt
 from .config import RESUMABLE_CHANGES, TrainConfig
+from .methods import OrthoTerm, make_pam
 from .metrics import DeadLatentTracker, batch_metrics, make_logger, resolve_trackers
 from .schedules import lr_factor, sparsity_factor
 from .setup import SAEBundle, ensure_cache, estimate_and_build, load_model, make_stream
@@ -62,12 +63,18 @@ class Trainer:
         self.hookpoints = (
             config.hookpoints[self.rank :: self.world] if mode == "hookpoints" else list(config.hookpoints)
         )
+        if self.data_parallel and config.method == "pam_sgd":
+            raise ValueError(
+                "method='pam_sgd' solves each decoder on one process's batch: use one process or distribute='hookpoints'"
+            )
         if self.data_parallel and config.batch_size % self.world:
             raise ValueError(f"batch_size={config.batch_size} must be divisible by the {self.world} processes")
         self.model, self.tokenizer = model, tokenizer
         self.step = 0
         self.saes: dict[str, SAE] = {}
         self.history: list[dict[str, float]] = []  # the logged metrics, one dict per log
+        self.ortho = OrthoTerm(config) if config.ortho_coefficient > 0 else None
+        self.pams: dict = {}
 
     # ---- setup ------------------------------------------------------------------------------
 
@@ -92,9 +99,10 @@ class Trainer:
     def _build_optimizer(self, bundle: SAEBundle):
         cfg = self.config
         groups = []
-        for _, sae in bundle.items():
+        for name, sae in bundle.items():
             lr = cfg.lr if cfg.lr is not None else 2e-4 / math.sqrt(sae.config.d_sae / 2**14)
-            groups.append({"params": list(sae.parameters()), "lr": lr})
+            params = self.pams[name].encoder_parameters() if self.pams else list(sae.parameters())
+            groups.append({"params": params, "lr": lr})
         optimizer = torch.optim.AdamW(
             groups, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay
         )
@@ -120,6 +128,8 @@ class Trainer:
             first = list(islice(batches, cfg.norm_estimation_batches))
             self.saes = estimate_and_build(cfg, self.hookpoints, [b for _, b in first], self._reduce_mean)
             batches = chain(first, batches)  # the estimation batches are trained on too
+        if cfg.method == "pam_sgd":
+            self.pams = make_pam(cfg, self.saes)
         bundle = SAEBundle(self.saes).train()
         optimizer, scheduler = self._build_optimizer(bundle)
         if self.data_parallel or self.world == 1:
@@ -190,6 +200,8 @@ class Trainer:
         for micro in range(cfg.grad_accum_steps):
             self.position, batch = next(batches)
             batch = {k: v.to(acc.device) for k, v in batch.items()}
+            for name, pam in self.pams.items():
+                pam.decoder_step(batch[name])  # PAM-SGD: closed-form decoder for this batch first
             last = micro == cfg.grad_accum_steps - 1
             sync = nullcontext() if last or not self.data_parallel else acc.no_sync(bundle)
             with sync:
@@ -213,6 +225,8 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         for sae in self.saes.values():
             sae.set_decoder_norm_to_unit_norm()
+        for pam in self.pams.values():
+            pam.snapshot()
         if metrics is not None:
             metrics["lr_factor"] = lr_factor(self.step, cfg)
             metrics["sparsity_factor"] = sparsity
@@ -225,6 +239,11 @@ class Trainer:
             for term, value in out.losses.items():
                 scale = sparsity if term in self.config.sparsity_losses else 1.0
                 total = total + weights[term] * scale * value
+        if self.ortho is not None:
+            penalty = self.ortho(self.saes, self.step)
+            total = total if penalty is None else total + penalty
+        for pam in self.pams.values():
+            total = total + pam.proximal_loss()
         return total
 
     def _check_finite(self, loss: Tensor) -> None:
