@@ -107,7 +107,8 @@ def main() -> None:
             w, c = time_generate(model, inputs, args.new_tokens, manager, args.device)
             wall[name].append(w / args.new_tokens)
             cpu[name].append(c / args.new_tokens)
-        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+        cpu_overheads = ", ".join(f"{name} {100 * (ts[-1] / cpu['plain'][-1] - 1):+.1f}%" for name, ts in cpu.items())
+        print(f"round {r + 1}/{args.rounds} CPU-time overheads: {cpu_overheads}", file=sys.stderr, flush=True)
     report(args, wall, cpu)
 
 

@@ -12,6 +12,7 @@ COMMANDS = [
     ("browse", "hubsae.eval.browse", "write a static HTML feature browser for an SAE"),
     ("train", "hubsae.train.cli", "train SAEs from a YAML recipe (also under `accelerate launch`)"),
     ("push", "hubsae.hub", "push a folder of SAEs to the Hub in one commit, with a model card and an index"),
+    ("steer", "hubsae.hooks.cli", "generate with and without adding SAE feature directions, side by side"),
 ]
 
 

@@ -115,7 +115,8 @@ class PositionTracker:
         self._prompt_ids: Tensor | None = None
 
     def attach(self, model: nn.Module) -> RemovableHandle:
-        backbone = getattr(unwrap_peft(model), "base_model", None) or unwrap_peft(model)
+        base = unwrap_peft(model)
+        backbone = getattr(base, "base_model", base)  # transformers' backbone (LlamaModel, GPT2Model, ...)
         return backbone.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:

@@ -41,3 +41,18 @@ def test_steered_generation_on_smollm2():
     assert torch.equal(again, plain)
     assert digest(model) == before
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_steer_command(tmp_path, caplog):
+    from hubsae.cli import main
+
+    torch.manual_seed(0)
+    config = hubsae.TopKSAEConfig(d_in=576, d_sae=1152, k=16, hookpoint="model.layers.15")
+    hubsae.TopKSAE(config).save_pretrained(tmp_path / "sae")
+    with caplog.at_level("INFO"):
+        main(["steer", str(tmp_path / "sae"), "--feature", "42=2", "--relative", "--max-new-tokens", "5"])
+    out = caplog.text
+    plain = out.split("plain:")[1].split("\n")[0].strip()
+    steered = out.split("steered:")[1].split("\n")[0].strip()
+    assert "steering {42: 2.0} x ||x|| at model.layers.15" in out
+    assert plain and steered and plain != steered

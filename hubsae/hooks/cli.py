@@ -1,0 +1,79 @@
+"""`hubsae steer`: generate with and without adding SAE feature directions, side by side.
+
+    hubsae steer ./my-sae --feature 1234=8 --prompt "Tell me about your weekend."
+    hubsae steer org/repo --subfolder model.layers.15 --feature 1234=0.5 --relative --positions all
+
+The base model is the embedded SmolLM2-135M-Instruct unless `--model` names another causal LM.
+"""
+
+import argparse
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def _feature(text: str) -> tuple[int, float]:
+    index, sep, value = text.partition("=")
+    try:
+        return int(index), float(value) if sep else 1.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--feature expects INDEX=COEFFICIENT (e.g. 1234=8), got {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sae", help="local folder or Hub repo of the SAE")
+    parser.add_argument("--subfolder", default=None, help="the SAE's folder inside the repo")
+    parser.add_argument(
+        "--feature", type=_feature, action="append", required=True, help="INDEX=COEFFICIENT, repeatable"
+    )
+    parser.add_argument("--hookpoint", default=None, help="overrides the SAE's config.hookpoint")
+    parser.add_argument("--relative", action="store_true", help="coefficients are fractions of ||x|| per token")
+    parser.add_argument("--positions", choices=("all", "prompt", "generated"), default="generated")
+    parser.add_argument("--prompt", action="append", help="repeatable; default: one example prompt")
+    parser.add_argument("--model", default=None, help="a causal LM folder or repo (default: embedded SmolLM2)")
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+
+
+def _load_model(name: str | None):
+    if name is None:
+        from ..models import load_smollm2
+
+        return load_smollm2()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(name).eval(), AutoTokenizer.from_pretrained(name)
+
+
+@torch.no_grad()
+def run(args: argparse.Namespace) -> None:
+    from ..auto import AutoSAE
+    from .interventions import steer
+
+    model, tokenizer = _load_model(args.model)
+    sae = AutoSAE.from_pretrained(args.sae, subfolder=args.subfolder).eval()
+    prompts = args.prompt or ["Tell me about your weekend."]
+    if args.chat:
+        prompts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+    settings = dict(max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    coefficients = dict(args.feature)
+    plain = model.generate(**inputs, **settings)
+    with steer(model, sae, coefficients, args.hookpoint, positions=args.positions, relative=args.relative):
+        steered = model.generate(**inputs, **settings)
+    start = inputs.input_ids.shape[1]
+    scale = "x ||x||" if args.relative else "(absolute)"
+    lines = [f"steering {coefficients} {scale} at {args.hookpoint or sae.config.hookpoint}, positions={args.positions}"]
+    for row, prompt in enumerate(args.prompt or prompts):
+        lines.append(f"\nprompt:  {prompt}")
+        lines.append(f"plain:   {tokenizer.decode(plain[row, start:], skip_special_tokens=True)}")
+        lines.append(f"steered: {tokenizer.decode(steered[row, start:], skip_special_tokens=True)}")
+    logger.info("\n".join(lines))
