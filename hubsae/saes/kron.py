@@ -9,6 +9,8 @@ them come from ONE fused matmul, so the encoder costs d*h*(m+n) per token, never
     post-latent index = k*m*n + i*n + j  (the paper's App. H order), F = d_sae = h*m*n
     f = TopK_k(z) over all F post-latents of a token (global, not per head), x_hat = f W_dec + b_dec
 
+Since sqrt is monotone, TopK picks its k winners on one pass of ReLU(u)ReLU(v) scores and takes
+the square root of those k only (same values and gradients as the dense z, fewer passes over F).
 `eps` is App. H's guard (1e-5): it bounds d z / d u = v / (2 sqrt(uv + eps)) as u -> 0+. Unlike the
 listing, inactive pairs are exactly 0 (the listing leaves sqrt(eps) there), so codes stay sparse.
 So W_enc and b_enc have shapes (d_in, h*(m+n)) and (h*(m+n),), unlike the other architectures'
@@ -30,7 +32,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
-from .base import SAE, auxk_loss, register
+from .base import SAE, SAEOutput, auxk_loss, register
 from .jumprelu import jumprelu, step
 from .matryoshka import check_groups, prefix_mse_losses, weighted_prefix_mse
 from .topk import TopKSAE, TopKSAEConfig
@@ -39,23 +41,30 @@ COMPOSITIONS = ("mand", "relu_prod", "raw_prod")
 ACTIVATIONS = ("topk", "jumprelu")
 
 
-def mand(u: Tensor, v: Tensor, eps: float = 1e-5) -> Tensor:
-    """sqrt(u v + eps) where u > 0 and v > 0, else exactly 0; broadcasts u against v.
+def pair_scores(u: Tensor, v: Tensor, kind: str) -> Tensor:
+    """One pass over the pairs: a score whose order is the post-latents' order (for TopK).
 
-    The inactive branch's sqrt argument is replaced by 1 so that its (discarded) gradient is finite
-    even at eps = 0: torch.where's backward multiplies the dead branch's inf by 0 otherwise.
+    mAND and ReLU(u)ReLU(v) both rank pairs by ReLU(u)ReLU(v); "raw_prod" by u v.
     """
-    active = (u > 0) & (v > 0)
-    prod = torch.where(active, u * v, torch.ones_like(u * v))
-    return torch.where(active, torch.sqrt(prod + eps), torch.zeros_like(prod))
+    return u * v if kind == "raw_prod" else torch.relu(u) * torch.relu(v)
 
 
-def compose(u: Tensor, v: Tensor, kind: str, eps: float) -> Tensor:
-    if kind == "mand":
-        return mand(u, v, eps)
-    if kind == "relu_prod":
-        return torch.relu(u) * torch.relu(v)
-    return u * v
+def finalize(scores: Tensor, kind: str, eps: float) -> Tensor:
+    """Post-latent values from `pair_scores` (monotone, so it commutes with TopK).
+
+    mAND: sqrt(s + eps) where s = ReLU(u)ReLU(v) > 0, else exactly 0. The dead branch's sqrt
+    argument is replaced by 1 so that its (discarded) gradient stays finite even at eps = 0:
+    torch.where's backward would otherwise multiply an inf by 0.
+    """
+    if kind != "mand":
+        return scores
+    active = scores > 0
+    return torch.where(active, torch.sqrt(torch.where(active, scores, 1.0) + eps), 0.0)
+
+
+def mand(u: Tensor, v: Tensor, eps: float = 1e-5) -> Tensor:
+    """mAND(u, v) = sqrt(u v + eps) where u > 0 and v > 0, else exactly 0; broadcasts u against v."""
+    return finalize(pair_scores(u, v, "mand"), "mand", eps)
 
 
 def kron_flops(d_in: int, num_heads: int, m: int, n: int, k: int) -> int:
@@ -169,17 +178,24 @@ class KronSAE(TopKSAE):
         uv = (x @ self.W_enc + self.b_enc).unflatten(-1, (self.config.num_heads, self.config.m + self.config.n))
         return uv[..., : self.config.m], uv[..., self.config.m :]
 
+    def pair_scores(self, x: Tensor) -> Tensor:
+        """`pair_scores` of all post-latents (..., h*m*n), in the order k*m*n + i*n + j."""
+        u, v = self.pre_latents(x)
+        return pair_scores(u[..., :, None], v[..., None, :], self.config.composition).flatten(-3)  # (..., h, m, n)
+
     def pre_acts(self, x: Tensor) -> Tensor:
         """Post-latent pre-activations z (..., h*m*n) in the order k*m*n + i*n + j."""
-        cfg = self.config
-        u, v = self.pre_latents(x)
-        z = compose(u[..., :, None], v[..., None, :], cfg.composition, cfg.mand_eps)  # (..., h, m, n)
-        return z.flatten(-3)
+        return finalize(self.pair_scores(x), self.config.composition, self.config.mand_eps)
 
     def activation(self, pre_acts: Tensor) -> Tensor:
         if self.config.activation == "jumprelu":
             return jumprelu(pre_acts, self.threshold, self.config.bandwidth)
         return super().activation(pre_acts)
+
+    def sparse_topk(self, scores: Tensor) -> tuple[Tensor, Tensor]:
+        """(values, indices) of the global TopK, with mAND's sqrt applied to the k winners only."""
+        top, indices = scores.topk(self.config.k, dim=-1, sorted=False)
+        return torch.relu(finalize(top, self.config.composition, self.config.mand_eps)), indices
 
     def encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(indices, values) of the active post-latents, each (..., k); pairs with `decode_sparse`.
@@ -188,11 +204,45 @@ class KronSAE(TopKSAE):
         zero values), since a threshold code has no fixed k.
         """
         if self.config.activation == "topk":
-            return super().encode_sparse(x)
+            self.check_input(x)
+            values, indices = self.sparse_topk(self.pair_scores(self.normalize_input(x)[0]))
+            return indices, values
         dense = self.encode(x)
         width = int((dense != 0).sum(-1).max()) if dense.numel() else 0
         values, indices = dense.topk(width, dim=-1, sorted=False)
         return indices, values
+
+    def encode(self, x: Tensor) -> Tensor:
+        if self.config.activation != "topk":
+            return super().encode(x)
+        indices, values = self.encode_sparse(x)
+        return values.new_zeros(*values.shape[:-1], self.config.d_sae).scatter_(-1, indices, values)
+
+    def forward(self, hidden_states: Tensor, compute_losses: bool | None = None, **loss_kwargs) -> SAEOutput:
+        """With TopK, the k winners are picked on the one-pass pair scores and decoded sparsely;
+        mAND's sqrt and the dense z (for AuxK, only when latents are dead) cost nothing otherwise."""
+        if self.config.activation != "topk":
+            return super().forward(hidden_states, compute_losses, **loss_kwargs)
+        self.check_input(hidden_states)
+        x, stats = self.normalize_input(hidden_states)
+        scores = self.pair_scores(x)
+        values, indices = self.sparse_topk(scores)
+        lead, k = indices.shape[:-1], indices.shape[-1]
+        x_hat = (
+            nn.functional.embedding_bag(
+                indices.reshape(-1, k), self.W_dec, per_sample_weights=values.reshape(-1, k), mode="sum"
+            ).reshape(*lead, self.config.d_in)
+            + self.b_dec
+        )
+        feats = torch.zeros_like(scores).scatter(-1, indices, values)
+        losses = loss = None
+        if compute_losses if compute_losses is not None else self.training:
+            dead = loss_kwargs.get("dead_mask")
+            pre = self.pre_acts(x) if dead is not None and bool(dead.any()) else scores  # AuxK reads it only then
+            losses = self.losses(x, pre, feats, x_hat, **loss_kwargs)
+            weights = self.config.loss_weights()
+            loss = sum(weights[name] * value for name, value in losses.items())
+        return SAEOutput(reconstruction=self.denormalize(x_hat, stats), features=feats, loss=loss, losses=losses)
 
     def losses(self, x: Tensor, pre_acts: Tensor, features: Tensor, x_hat: Tensor, **kw) -> dict[str, Tensor]:
         cfg = self.config
@@ -208,4 +258,4 @@ class KronSAE(TopKSAE):
 
 
 register(KronSAEConfig, KronSAE)
-__all__ = ["KronSAEConfig", "KronSAE", "mand", "kron_flops", "topk_flops"]
+__all__ = ["KronSAEConfig", "KronSAE", "mand", "pair_scores", "finalize", "kron_flops", "topk_flops"]

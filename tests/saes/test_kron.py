@@ -197,3 +197,17 @@ def test_issue6_architectures_record_and_splice_on_a_tiny_llama(config):
     h, spliced = seen[0], seen[-1]
     torch.testing.assert_close(rec[sae].to_dense(), sae.encode(h))
     torch.testing.assert_close(spliced, sae(h).reconstruction, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mand", "relu_prod", "raw_prod"])
+def test_fast_topk_path_equals_dense_z_path_with_gradients(kind):
+    """forward picks TopK on one-pass pair scores; it must equal TopK of the dense z, values and grads."""
+    sae = make(composition=kind, k=6).train()
+    x = torch.randn(32, 12)
+    out = sae(x, compute_losses=True)
+    dense_feats = hubsae.TopKSAE.activation(sae, sae.pre_acts(x))
+    torch.testing.assert_close(out.features, dense_feats)
+    (g_fast,) = torch.autograd.grad(out.losses["mse"], sae.W_enc)
+    dense_mse = (x - (dense_feats @ sae.W_dec + sae.b_dec)).pow(2).sum(-1).mean()
+    (g_dense,) = torch.autograd.grad(dense_mse, sae.W_enc)
+    torch.testing.assert_close(g_fast, g_dense, rtol=1e-5, atol=1e-6)
