@@ -30,6 +30,7 @@ from .eval.metrics import token_cross_entropy, token_kl
 from .hooks import layer_list, resolve_hookpoint, splice
 from .hooks.interventions import SAEs, attachments
 from .saes.base import SAE
+from .train.config import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ LAYER_CHOICES = ("all", "after")
 
 
 @dataclass
-class LoRAAdaptConfig:
+class LoRAAdaptConfig(Recipe):
     """How to train the adapters.
 
     r, alpha, dropout: LoRA rank, scaling numerator and dropout (peft's `r`, `lora_alpha`, `lora_dropout`).
@@ -54,13 +55,13 @@ class LoRAAdaptConfig:
     alpha: int = 32
     dropout: float = 0.0
     layers: str = "all"
-    module_names: tuple[str, ...] | None = None
+    module_names: list[str] | None = None
     objective: str = "kl"
     steps: int = 100
     lr: float = 1e-4
     max_grad_norm: float = 1.0
 
-    def __post_init__(self):
+    def validate(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective={self.objective!r} is not one of {OBJECTIVES}")
         if self.layers not in LAYER_CHOICES:
@@ -78,7 +79,9 @@ def lora_target_modules(model: nn.Module, saes: SAEs, config: LoRAAdaptConfig) -
     names = []
     for i in range(first, len(layers)):
         for name, module in layers[i].named_modules():
-            if isinstance(module, nn.Linear) and (config.module_names is None or name.endswith(config.module_names)):
+            if isinstance(module, nn.Linear) and (
+                config.module_names is None or name.endswith(tuple(config.module_names))
+            ):
                 names.append(f"{prefix}.{i}.{name}")
     if not names:
         raise ValueError(f"no linear modules to adapt (layers={config.layers!r}, module_names={config.module_names})")
@@ -185,3 +188,69 @@ def load_adapted(model: nn.Module, path: str | os.PathLike, **sae_kwargs) -> tup
     for hookpoint in saes:
         resolve_hookpoint(peft_model, hookpoint)  # fails now, naming the hookpoint, if the model does not fit
     return peft_model.eval(), saes
+
+
+@dataclass
+class AdaptRecipe(LoRAAdaptConfig):
+    """`hubsae adapt RECIPE.yaml`: the LoRA settings above, plus where model, SAE and text come from.
+
+    model, model_dtype: as in training recipes ("smollm2" is the embedded SmolLM2).
+    sae, sae_subfolder: the trained SAE (folder or Hub repo), read where its config.hookpoint says.
+    dataset: a text file, a folder of text files, `corpus:shakespeare`, or `hf:NAME`.
+    context_length, batch_size: tokens per context, contexts per step.
+    output_dir: receives the SAE folder and `lora_adapter/` (see `save_adapted`), plus the loss history.
+    """
+
+    model: str = "smollm2"
+    model_dtype: str = "float32"
+    sae: str = ""
+    sae_subfolder: str | None = None
+    dataset: str = "corpus:shakespeare"
+    context_length: int = 128
+    batch_size: int = 8
+    output_dir: str = "runs/adapt"
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.sae:
+            raise ValueError("AdaptRecipe: sae must name the trained SAE (a folder or Hub repo)")
+        if self.context_length < 2 or self.batch_size <= 0:
+            raise ValueError("AdaptRecipe: context_length must be >= 2 and batch_size positive")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("recipe", help="YAML recipe (see recipes/adapt-lora-smollm2.yaml)")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+
+
+def run(args) -> None:
+    import json
+
+    from .data import TextSource, contexts
+    from .train.setup import load_model
+
+    recipe = AdaptRecipe.from_yaml(args.recipe, args.override)
+    model, tokenizer = load_model(recipe)
+    sae = AutoSAE.from_pretrained(recipe.sae, subfolder=recipe.sae_subfolder).eval()
+    stream = contexts(TextSource(path=recipe.dataset), tokenizer, recipe.context_length)
+    pool = list(itertools.islice(stream, recipe.steps * recipe.batch_size))
+    if len(pool) < recipe.batch_size:
+        raise ValueError(
+            f"{recipe.dataset}: only {len(pool)} contexts of {recipe.context_length} tokens, "
+            f"fewer than one batch of {recipe.batch_size}"
+        )
+    batches = [
+        torch.stack(pool[i : i + recipe.batch_size])
+        for i in range(0, len(pool) - recipe.batch_size + 1, recipe.batch_size)
+    ]
+    peft_model, history = adapt_lora(model, sae, batches, recipe)
+    out = save_adapted(peft_model, [sae], recipe.output_dir)
+    (out / "adapt_history.json").write_text(json.dumps({"recipe": recipe.to_dict(), "loss": history}, indent=1))
+    logger.info(
+        "adapter and SAE saved to %s; %s %.4f -> %.4f over %d steps",
+        out,
+        recipe.objective,
+        history[0],
+        history[-1],
+        len(history),
+    )

@@ -11,6 +11,7 @@ COMMANDS = [
     ("eval", "hubsae.eval.cli", "evaluate SAEs on held-out text: FVU, L0, dead latents, CE loss recovered, KL"),
     ("browse", "hubsae.eval.browse", "write a static HTML feature browser for an SAE"),
     ("train", "hubsae.train.cli", "train SAEs from a YAML recipe (also under `accelerate launch`)"),
+    ("adapt", "hubsae.adapt", "train LoRA adapters on the LLM around a frozen, spliced SAE (from a YAML recipe)"),
     ("push", "hubsae.hub", "push a folder of SAEs to the Hub in one commit, with a model card and an index"),
     ("steer", "hubsae.hooks.cli", "generate with and without adding SAE feature directions, side by side"),
 ]

@@ -23,8 +23,42 @@ METHODS = ("adam", "pam_sgd")
 RESUMABLE_CHANGES = {"checkpoint_every", "keep_checkpoints", "log_every", "log_with", "progress_bar", "output_dir"}
 
 
+class Recipe:
+    """Base of the YAML-loadable configs: unknown keys and wrong types are errors naming the key."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field checks; subclasses raise ValueError naming the field."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "recipe") -> "Recipe":
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in names:
+                near = difflib.get_close_matches(str(key), names, n=3)
+                hint = f" (did you mean {', '.join(near)}?)" if near else ""
+                raise ValueError(f"{where}: unknown key {key!r}{hint}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "Recipe":
+        path = Path(path)
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a recipe must be a mapping of keys to values, got {type(data).__name__}")
+        for item in overrides or []:
+            apply_override(data, item)
+        return cls.from_dict(data, where=str(path))
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(Recipe):
     """A training run: model and hookpoints, data, SAE, optimization, checkpoints, logging."""
 
     model: str = "smollm2"
@@ -136,10 +170,6 @@ class TrainConfig:
     progress_bar: bool = True
     """Show a tqdm bar with tokens/s on the main process."""
 
-    def __post_init__(self) -> None:
-        check_types(self)
-        self.validate()
-
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
             if not cond:
@@ -168,30 +198,6 @@ class TrainConfig:
     @property
     def steps(self) -> int:
         return self.max_tokens // (self.batch_size * self.grad_accum_steps)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "recipe") -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        for key in data:
-            if key not in names:
-                near = difflib.get_close_matches(str(key), names, n=3)
-                hint = f" (did you mean {', '.join(near)}?)" if near else ""
-                raise ValueError(f"{where}: unknown key {key!r}{hint}")
-        return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
-        path = Path(path)
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a recipe must be a mapping of keys to values, got {type(data).__name__}")
-        for item in overrides or []:
-            apply_override(data, item)
-        return cls.from_dict(data, where=str(path))
-
 
 def apply_override(data: dict[str, Any], item: str) -> None:
     """Apply `key=value` (or `dict_field.key=value`) to a recipe dict; the value is parsed as YAML."""
@@ -229,13 +235,13 @@ def _matches(value: Any, annotation: Any) -> bool:
     return isinstance(value, annotation)
 
 
-def check_types(config: TrainConfig) -> None:
+def check_types(config: Recipe) -> None:
     """Raise a TypeError naming the first field whose value does not match its annotation."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if not _matches(value, hints[f.name]):
             want = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
-            raise TypeError(f"TrainConfig.{f.name} must be {want}, got {value!r} ({type(value).__name__})")
+            raise TypeError(f"{type(config).__name__}.{f.name} must be {want}, got {value!r} ({type(value).__name__})")
         if hints[f.name] is float and isinstance(value, int):
             setattr(config, f.name, float(value))  # YAML `lr: 1` is a fine float

@@ -53,7 +53,7 @@ def test_after_layers_only_adapts_later_layers(setup):
     model, sae, _ = setup
     names = lora_target_modules(model, sae, LoRAAdaptConfig(layers="after"))
     assert names and all(n.startswith("model.layers.2.") for n in names)  # the SAE reads layer 1's output
-    every = lora_target_modules(model, sae, LoRAAdaptConfig(module_names=("q_proj",)))
+    every = lora_target_modules(model, sae, LoRAAdaptConfig(module_names=["q_proj"]))
     assert every == [f"model.layers.{i}.self_attn.q_proj" for i in range(3)]
 
 
