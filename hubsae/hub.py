@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -210,6 +211,11 @@ def _common_base_model(named: Mapping[str, SAE]) -> str | None:
     return bases.pop() if len(bases) == 1 else None
 
 
+def _natural(name: str) -> list:
+    """Sort key putting model.layers.6 before model.layers.12."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -239,21 +245,22 @@ def build_card(
         "| subfolder | architecture | hookpoint | d_sae | k / L0 | FVU | dead % |",
         "|---|---|---|---|---|---|---|",
     ]
-    for sub, e in sorted(index.items()):
+    for sub, e in sorted(index.items(), key=lambda item: _natural(item[0])):
         m = e.get("metrics") or {}
         k_l0 = f"{e['k'] if e.get('k') is not None else '–'} / {_fmt(m.get('l0'))}"
+        fvu = m.get("fvu", 1 - m["explained_variance"] if "explained_variance" in m else None)
         rows.append(
             f"| `{sub}` | {e['architecture']} | `{e['hookpoint']}` | {e['d_sae']} | {k_l0} "
-            f"| {_fmt(m.get('fvu'))} | {_fmt(m.get('dead_fraction'), 100)} |"
+            f"| {_fmt(fvu)} | {_fmt(m.get('dead_fraction'), 100)} |"
         )
-    first = sorted(index)[0]
+    first = min(index, key=_natural)
     body = "\n".join(
         [
             f"# {repo_id.split('/')[-1]}",
             "",
             f"{len(index)} sparse autoencoder(s)"
             + (f" for [`{base_model}`](https://huggingface.co/{base_model})" if base_model else "")
-            + ", one per subfolder, stored as Hugging Face models by [hubsae](https://github.com/hubsae/hubsae).",
+            + ", one per subfolder, each a Hugging Face model (config.json + model.safetensors) made with hubsae.",
             "",
             *rows,
             "",

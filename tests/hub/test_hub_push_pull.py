@@ -40,7 +40,10 @@ def _assert_same(a: hubsae.SAE, b: hubsae.SAE) -> None:
 
 def test_push_three_saes_in_one_commit_and_pull_each(hub):
     saes = _saes()
-    metrics = {"model.layers.1": {"l0": 4.0, "fvu": 0.25, "dead_fraction": 0.125}}
+    metrics = {
+        "model.layers.1": {"l0": 4.0, "fvu": 0.25, "dead_fraction": 0.125},
+        "model.layers.2.mlp": {"explained_variance": 0.75},
+    }
     info = push_to_hub(saes, REPO, metrics=metrics)
     commits = [p for m, p in hub.state.requests if m == "POST" and "/commit/" in p]
     assert len(commits) == 1  # all SAEs, the index and the card in one commit
@@ -64,7 +67,8 @@ def test_push_three_saes_in_one_commit_and_pull_each(hub):
     assert {"sparse-autoencoder", "topk", "jumprelu"} <= set(card.data.tags)
     row = next(line for line in card.text.splitlines() if "`model.layers.1`" in line)
     assert "| 4 / 4 |" in row and "| 0.25 |" in row and "| 12.5 |" in row
-    assert "| – |" in next(line for line in card.text.splitlines() if "`model.layers.2`" in line)
+    assert "| 2 / – | – | – |" in next(line for line in card.text.splitlines() if "`model.layers.2`" in line)
+    assert "| – / – | 0.25 | – |" in next(line for line in card.text.splitlines() if "`model.layers.2.mlp`" in line)
 
 
 def test_revision_branch_and_pr(hub):
