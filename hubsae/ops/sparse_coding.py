@@ -2,17 +2,19 @@
 
 Only the encoder's forward GEMM is dense. The top-k (+ ReLU) leaves (token, latent, value)
 pairs; the decoder is a gather-sum over them (`embedding_bag`), and so is AuxK's decoder over
-the dead latents' top-k_aux. The gradient of every selected pre-activation is the dot product
-of its token's output gradient with its decoder row (sampled dense-dense matmul), so the
-encoder and decoder weight gradients are sparse-dense matmuls over the pairs: O(pairs * d_in)
-instead of O(N * d_sae * d_in). The dense pre-activation buffer is reused in place for the
-returned (detached) dense features, so one (N, d_sae) tensor is allocated per step.
+the dead latents' top-k_aux. The gradient of a selected pre-activation is the dot product of its
+token's output gradient with its decoder row (embedding_bag's own per-sample-weight backward
+kernel), and the weight gradients are gather-sums again, over the pairs sorted by latent:
 
-Sparse kernels (MKL on the CPU, cuSPARSE on CUDA) take float32/float64; half-precision
-parameters are upcast inside the backward and the gradients cast back.
+    dW_dec[f]  = sum over pairs (t, f) of value * g_out[t]      = embedding_bag(tokens, g_out)
+    dW_enc[:, f] = sum over pairs (t, f) of d_pre * x[t]        = embedding_bag(tokens, x)
+
+O(pairs * d_in) instead of O(N * d_sae * d_in), with the same fused kernels on CPU and CUDA and
+no torch.sparse. The dense pre-activation buffer is reused in place for the returned (detached)
+dense features, so one (N, d_sae) tensor is allocated per step. Half-precision backward
+arithmetic is done in float32 and the gradients cast back.
 """
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -20,40 +22,34 @@ from torch import Tensor, nn
 
 from .select import topk_flat, topk_rows
 
+SUM = 0  # embedding_bag's mode code for "sum"
+
 
 @dataclass
 class Pairs:
-    """Selected (token, latent, value) pairs in token-major order, as CSR pieces of an (N, F) matrix."""
+    """Selected (token, latent, value) pairs in token-major order (CSR pieces of an (N, F) matrix)."""
 
-    crow: Tensor  # (N + 1,) row pointers
-    cols: Tensor  # (P,) latent of each pair, sorted within a token
+    crow: Tensor  # (N + 1,) start of each token's pairs
+    rows: Tensor  # (P,) token of each pair
+    cols: Tensor  # (P,) latent of each pair
     values: Tensor  # (P,) ReLU'd pre-activation
 
-    def rows(self) -> Tensor:
-        counts = self.crow.diff()
-        return torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
 
-
-def _csr(crow: Tensor, cols: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": said once per process, not ours to show
-        warnings.simplefilter("ignore")
-        return torch.sparse_csr_tensor(crow, cols, values, size=size, check_invariants=False)
-
-
-def _sparse_dtype(t: Tensor) -> Tensor:
+def _acc(t: Tensor) -> Tensor:
+    """float32 for the backward's accumulations when t is half precision."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def per_token_pairs(pre: Tensor, k: int, cols_map: Tensor | None = None) -> Pairs:
     """Top-k of each row of pre (N, n), ReLU'd; `cols_map` renames local columns (AuxK's dead subset)."""
     values, cols = topk_rows(pre, k)
-    cols, order = cols.sort(dim=-1)
-    values = torch.relu(values.gather(1, order))
+    values = torch.relu(values)
     if cols_map is not None:
         cols = cols_map[cols]
     n_tok = pre.shape[0]
     crow = torch.arange(0, n_tok * k + 1, k, device=pre.device)
-    return Pairs(crow, cols.flatten(), values.flatten())
+    rows = torch.arange(n_tok, device=pre.device).repeat_interleave(k)
+    return Pairs(crow, rows, cols.flatten(), values.flatten())
 
 
 def batch_pairs(pre: Tensor, k: int) -> Pairs:
@@ -65,19 +61,17 @@ def batch_pairs(pre: Tensor, k: int) -> Pairs:
     rows, cols = flat // width, flat % width
     crow = torch.zeros(n_tok + 1, dtype=torch.int64, device=pre.device)
     crow[1:] = torch.bincount(rows, minlength=n_tok).cumsum(0)
-    return Pairs(crow, cols, torch.relu(values[order]))
+    return Pairs(crow, rows, cols, torch.relu(values[order]))
 
 
 def _decode(pairs: Pairs, W_dec: Tensor) -> Tensor:
-    return nn.functional.embedding_bag(
-        pairs.cols, W_dec, pairs.crow[:-1], mode="sum", per_sample_weights=pairs.values.to(W_dec.dtype)
-    )
+    return _gather_sum(pairs.cols, pairs.crow, W_dec, pairs.values.to(W_dec.dtype))
 
 
 def _dense_features(pre: Tensor, pairs: Pairs) -> Tensor:
     """Overwrite the no-longer-needed pre-activation buffer with the dense features."""
     features = pre.zero_()
-    features.view(-1).index_put_((pairs.rows() * pre.shape[1] + pairs.cols,), pairs.values.to(pre.dtype))
+    features.view(-1).index_put_((pairs.rows * pre.shape[1] + pairs.cols,), pairs.values.to(pre.dtype))
     return features
 
 
@@ -93,7 +87,7 @@ class SparseTopKCode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k: int, batch: bool, dead_cols: Tensor | None, k_aux: int):
         x_in = x - b_dec if b_dec is not None else x
-        pre = torch.addmm(b_enc, x_in, W_enc)  # (N, F), the only dense GEMM
+        pre = (x_in @ W_enc).add_(b_enc)  # (N, F), the only dense GEMM; bitwise the plain path's
         main = batch_pairs(pre, k) if batch else per_token_pairs(pre, k)
         aux = None
         if dead_cols is not None and dead_cols.numel() > 0:
@@ -112,25 +106,22 @@ class SparseTopKCode(torch.autograd.Function):
     def backward(ctx, g_dec, g_aux, _g_features, _g_values):
         x_in, W_enc, W_dec = ctx.saved_tensors
         main, aux = ctx.pairs
-        n_tok, width = x_in.shape[0], W_dec.shape[0]
-        W_dec32, x32 = _sparse_dtype(W_dec), _sparse_dtype(x_in)
-        groups = [(main, _sparse_dtype(g_dec))]
+        groups = [(main, _acc(g_dec))]
         if aux is not None and g_aux is not None:
-            groups.append((aux, _sparse_dtype(g_aux)))
-        d_pre = [_pre_grad(p, g, W_dec32, n_tok) for p, g in groups]
-        dW_enc_T, dW_dec = _weight_grads(groups, d_pre, x32, n_tok, width)
+            groups.append((aux, _acc(g_aux)))
+        W_dec_acc = _acc(W_dec)
+        d_pre = [_pre_grad(p, g, W_dec_acc) for p, g in groups]
+        dW_enc_T, dW_dec = _weight_grads(groups, d_pre, _acc(x_in), W_dec.shape[0])
         cols = torch.cat([p.cols for p, _ in groups])
-        db_enc = torch.zeros(width, dtype=x32.dtype, device=x_in.device).index_add_(0, cols, torch.cat(d_pre))
+        db_enc = d_pre[0].new_zeros(W_dec.shape[0]).index_add_(0, cols, torch.cat(d_pre))
         grad_x = grad_b_dec = None
         if ctx.needs_input_grad[0]:  # only when the input itself is trained through (rare)
-            W_enc_T = _sparse_dtype(W_enc).t()
-            grad_x = sum(
-                _csr(p.crow, p.cols, dp, (n_tok, width)) @ W_enc_T for (p, _), dp in zip(groups, d_pre, strict=True)
-            )
+            W_enc_T = _acc(W_enc).t().contiguous()
+            grad_x = sum(_gather_sum(p.cols, p.crow, W_enc_T, dp) for (p, _), dp in zip(groups, d_pre, strict=True))
             grad_x = grad_x.to(x_in.dtype)
         if ctx.has_b_dec and ctx.needs_input_grad[4]:
             # x_in = x - b_dec: d b_dec = -sum_tokens d x_in = -W_enc @ (column sums of d pre) = -W_enc @ db_enc
-            grad_b_dec = -(_sparse_dtype(W_enc) @ db_enc).to(W_enc.dtype)
+            grad_b_dec = -(_acc(W_enc) @ db_enc).to(W_enc.dtype)
         return (
             grad_x,
             dW_enc_T.t().to(W_enc.dtype),
@@ -144,32 +135,35 @@ class SparseTopKCode(torch.autograd.Function):
         )
 
 
-def _pre_grad(pairs: Pairs, g_out: Tensor, W_dec: Tensor, n_tok: int) -> Tensor:
-    """d loss / d pre at each pair: (g_out[token] . W_dec[latent]) where the ReLU passed, else 0."""
-    pattern = _csr(pairs.crow, pairs.cols, pairs.values.to(g_out.dtype), (n_tok, W_dec.shape[0]))
-    dots = torch.sparse.sampled_addmm(pattern, g_out, W_dec.t(), beta=0.0).values()
+def _gather_sum(indices: Tensor, crow: Tensor, table: Tensor, weights: Tensor) -> Tensor:
+    """out[i] = sum over j in [crow[i], crow[i+1]) of weights[j] * table[indices[j]]."""
+    return nn.functional.embedding_bag(indices, table, crow[:-1], mode="sum", per_sample_weights=weights)
+
+
+def _pre_grad(pairs: Pairs, g_out: Tensor, W_dec: Tensor) -> Tensor:
+    """d loss / d pre at each pair: g_out[token] . W_dec[latent] where the ReLU passed, else 0."""
+    dots = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+        g_out, W_dec, pairs.cols, pairs.crow[:-1], pairs.rows, SUM
+    )
     return dots * (pairs.values > 0)
 
 
-def _weight_grads(groups, d_pre: list[Tensor], x: Tensor, n_tok: int, width: int) -> tuple[Tensor, Tensor]:
-    """(dW_enc^T, dW_dec), each (F, d_in): sparse (F, G*N) matrices times stacked dense (G*N, d_in).
+def _weight_grads(groups, d_pre: list[Tensor], x: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """(dW_enc^T, dW_dec), each (F, d_in), as gather-sums over the pairs in latent-major order.
 
-    Group g's tokens become columns g*N .. g*N + N - 1, so a latent chosen by a token in both the
-    main and the AuxK selection stays two separate entries (CSR columns must be unique per row).
+    The groups (main, AuxK) index stacked copies of the token tables, so a latent chosen by a
+    token in both selections contributes twice, as it does in the plain path.
     """
-    rows = torch.cat([p.rows() + i * n_tok for i, (p, _) in enumerate(groups)])
-    cols = torch.cat([p.cols for p, _ in groups])
-    n_cols = len(groups) * n_tok
-    order = (cols * n_cols + rows).sort().indices  # latent-major, tokens ascending within a latent
+    n_tok = x.shape[0]
+    rows = torch.cat([p.rows + i * n_tok for i, (p, _) in enumerate(groups)])
+    cols, order = torch.cat([p.cols for p, _ in groups]).sort(stable=True)
     crow = torch.zeros(width + 1, dtype=torch.int64, device=x.device)
     crow[1:] = torch.bincount(cols, minlength=width).cumsum(0)
-    t_rows = rows[order]
-    grad_pre = _csr(crow, t_rows, torch.cat(d_pre)[order], (width, n_cols))
-    values = torch.cat([p.values for p, _ in groups]).to(x.dtype)[order]
-    acts = _csr(crow, t_rows, values, (width, n_cols))
+    rows = rows[order]
     x_stack = x if len(groups) == 1 else x.repeat(len(groups), 1)
     g_stack = torch.cat([g for _, g in groups]) if len(groups) > 1 else groups[0][1]
-    return grad_pre @ x_stack, acts @ g_stack
+    values = torch.cat([p.values for p, _ in groups]).to(x.dtype)[order]
+    return _gather_sum(rows, crow, x_stack, torch.cat(d_pre)[order]), _gather_sum(rows, crow, g_stack, values)
 
 
 def auxk_from_decoded(residual: Tensor, aux_decoded: Tensor | None) -> Tensor:
