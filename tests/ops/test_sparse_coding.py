@@ -23,6 +23,8 @@ from hubsae.saes import (
 )
 
 D_IN, D_SAE, K = 16, 64, 4
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 ARCHS = {"topk": (TopKSAE, TopKSAEConfig), "batchtopk": (BatchTopKSAE, BatchTopKSAEConfig)}
 
 
@@ -58,13 +60,15 @@ def dead_mask_for(kind: str) -> torch.Tensor | None:
     return torch.rand(D_SAE, generator=generator) < 0.5
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 @pytest.mark.parametrize("dead", ["none", "few", "half"])
 @pytest.mark.parametrize("subtract_b_dec", [True, False])
-def test_sparse_path_matches_dense_float32(arch, dead, subtract_b_dec, monkeypatch):
-    sae = make_sae(arch, subtract_b_dec=subtract_b_dec)
-    x = torch.randn(3, 9, D_IN, generator=torch.Generator().manual_seed(2)) * 2
+def test_sparse_path_matches_dense_float32(arch, dead, subtract_b_dec, device, monkeypatch):
+    sae = make_sae(arch, subtract_b_dec=subtract_b_dec).to(device)
+    x = (torch.randn(3, 9, D_IN, generator=torch.Generator().manual_seed(2)) * 2).to(device)
     dead_mask = dead_mask_for(dead)
+    dead_mask = dead_mask.to(device) if dead_mask is not None else None
     plain, plain_grads, plain_dx = run_step(sae, x, dead_mask, False, monkeypatch)
     plain_threshold = sae.threshold.clone() if arch == "batchtopk" else None
     if arch == "batchtopk":
@@ -105,10 +109,12 @@ def separated_problem(arch: str, n_tok: int = 8, width: int = 64):
     return sae.bfloat16().train(), x.bfloat16()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
-def test_sparse_path_matches_dense_bfloat16(arch, monkeypatch):
+def test_sparse_path_matches_dense_bfloat16(arch, device, monkeypatch):
     sae, x = separated_problem(arch)
-    dead_mask = torch.rand(x.shape[1], generator=torch.Generator().manual_seed(7)) < 0.5
+    sae, x = sae.to(device), x.to(device)
+    dead_mask = (torch.rand(x.shape[1], generator=torch.Generator().manual_seed(7)) < 0.5).to(device)
     plain, plain_grads, _ = run_step(sae, x, dead_mask, False, monkeypatch)
     if arch == "batchtopk":
         sae.threshold.fill_(-1.0)
@@ -118,6 +124,26 @@ def test_sparse_path_matches_dense_bfloat16(arch, monkeypatch):
         torch.testing.assert_close(fast.losses[name].float(), plain.losses[name].float(), rtol=2e-2, atol=1e-3)
     for name, grad in plain_grads.items():
         assert fast_grads[name].dtype == torch.bfloat16
+        err = (fast_grads[name].float() - grad.float()).norm() / grad.float().norm().clamp_min(1e-6)
+        assert err < 3e-2, f"{name}: relative error {err:.3f}"
+
+
+@CUDA
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_sparse_path_matches_dense_under_cuda_autocast(arch, monkeypatch):
+    """float32 parameters, bf16 autocast (the benchmark's GPU setting), on the separated problem."""
+    sae, x = separated_problem(arch)
+    sae, x = sae.float().cuda(), x.float().cuda()
+    dead_mask = (torch.rand(x.shape[1], generator=torch.Generator().manual_seed(7)) < 0.5).cuda()
+    results = []
+    for sparse in (False, True):
+        if arch == "batchtopk":
+            sae.threshold.fill_(-1.0)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            results.append(run_step(sae, x, dead_mask, sparse, monkeypatch))
+    (plain, plain_grads, _), (fast, fast_grads, _) = results
+    torch.testing.assert_close(fast.loss.float(), plain.loss.float(), rtol=2e-2, atol=1e-3)
+    for name, grad in plain_grads.items():
         err = (fast_grads[name].float() - grad.float()).norm() / grad.float().norm().clamp_min(1e-6)
         assert err < 3e-2, f"{name}: relative error {err:.3f}"
 
