@@ -9,6 +9,7 @@ client code runs over HTTP against 127.0.0.1 and every test gets a fresh server 
 import huggingface_hub.constants as hf_constants
 import pytest
 from fake_hub import FakeHub  # tests/hub is on sys.path (pytest prepend import mode)
+from huggingface_hub.utils import close_session
 from transformers.utils import hub as transformers_hub
 
 TOKEN = "hf_test_token"
@@ -27,7 +28,9 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setattr(transformers_hub, "_hf_api", None)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    close_session()  # the next request builds a client that sees NO_PROXY; no pooled connections survive
     try:
         yield server
     finally:
+        close_session()
         server.close()
