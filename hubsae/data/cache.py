@@ -50,7 +50,7 @@ def write_cache(
             break
         name = f"shard-{index:05d}.safetensors"
         tmp = folder / f".{name}.tmp"
-        save_file({k: v.contiguous() for k, v in block.items()}, str(tmp))
+        save_file({k: v.detach().cpu().contiguous() for k, v in block.items()}, str(tmp))
         os.replace(tmp, folder / name)
         n = int(next(iter(block.values())).shape[0])
         dims = {k: int(v.shape[-1]) for k, v in block.items()}

@@ -145,3 +145,37 @@ def test_bad_hookpoint_and_sae_key_are_named(tiny_config, tiny_lm):
         Trainer(tiny_config(hookpoints=["model.layers.9"]), model=model, tokenizer=tok).train()
     with pytest.raises(ValueError, match="kk"):
         Trainer(tiny_config(sae={"kk": 3}), model=model, tokenizer=tok).train()
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_config, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    data = {"h": torch.randn(64 * 16, 8, generator=g) @ torch.randn(8, 8, generator=g)}
+    write_cache(tensor_blocks(data, 64 * 4)(0, 0), tmp_path / "cache", 10**9, {})
+    common = dict(
+        hookpoints=["h"], activation_cache=str(tmp_path / "cache"), model="none", d_sae=32, max_tokens=64 * 10
+    )
+    big = Trainer(tiny_config(output_dir=str(tmp_path / "big"), batch_size=64, norm_estimation_batches=2, **common))
+    acc = Trainer(
+        tiny_config(
+            output_dir=str(tmp_path / "acc"), batch_size=32, grad_accum_steps=2, norm_estimation_batches=4, **common
+        )
+    )
+    a, b = big.train()["h"].state_dict(), acc.train()["h"].state_dict()
+    assert acc.step == big.step == 10
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_trackers_only_when_installed(monkeypatch, caplog):
+    import importlib.util
+
+    from hubsae.train import TrainConfig
+    from hubsae.train.metrics import resolve_trackers
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert resolve_trackers(TrainConfig(dataset="x")) == []  # auto: silently nothing
+    assert resolve_trackers(TrainConfig(dataset="x", log_with=["wandb"])) == []
+    assert "wandb is not installed" in caplog.text
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert resolve_trackers(TrainConfig(dataset="x")) == ["tensorboard"]
+    assert resolve_trackers(TrainConfig(dataset="x", log_with=["tensorboard", "wandb"])) == ["tensorboard", "wandb"]

@@ -1,0 +1,28 @@
+"""The README's main job (`make demo`) on the real SmolLM2, shortened: train, save, reload, steer."""
+
+import logging
+
+import pytest
+
+from hubsae import AutoSAE
+from hubsae.cli import main
+
+
+@pytest.mark.slow
+def test_demo_trains_saves_reloads_and_steers(tmp_path, caplog, monkeypatch):
+    pytest.importorskip("gguf")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    # a small public-domain stand-in for corpus:shakespeare, so the test needs no download
+    sonnet = (
+        "Shall I compare thee to a summer's day? Thou art more lovely and more temperate: Rough winds do shake "
+        "the darling buds of May, And summer's lease hath all too short a date.\n"
+    )
+    (corpus / "sonnets.txt").write_text(sonnet * 400)
+    monkeypatch.setattr("hubsae.demo.DEMO_DATASET", str(corpus))
+    with caplog.at_level(logging.INFO, logger="hubsae.demo"):
+        main(["demo", "--max-tokens", "4096", "--expansion-factor", "1", "--output-dir", str(tmp_path / "run")])
+    report = caplog.text
+    assert "reloaded with AutoSAE.from_pretrained" in report and "FVU=" in report and "steered:" in report
+    sae = AutoSAE.from_pretrained(tmp_path / "run" / "model.layers.6")
+    assert sae.config.d_sae == 576 and sae.config.input_norm == "scale"
