@@ -9,6 +9,9 @@ chunk every latent's nearest-neighbour cosine (signed, as in the paper) is squar
 A chunk of c latents costs c^2 * d, so the whole penalty costs F * c * d: linear in F for a
 fixed chunk size (the paper's K = ceil(F / 8192)). The total loss is L + gamma * L_orth with
 gamma = 0.25; the paper's cheaper "modified" variant computes it every N-th step with gamma * N.
+Scale: the paper's MSE averages over the d_in elements (BatchTopK repo), hubsae's "mse" sums over
+them, so the paper's balance is gamma = 0.25 * d_in here (0.25 alone barely moves a decoder:
+docs/reproductions.md).
 
 Function API (what the trainer calls):
     num_chunks_for(d_sae, chunk_size=8192) -> int
