@@ -10,7 +10,7 @@ from .saes.base import REGISTRY, SAE, SAEConfig
 from .saes.loading import read_config_dict
 
 # What a converted (non-hubsae) checkpoint accepts besides the location arguments.
-_CONVERTED_KWARGS = {"dtype", "device_map", "token", "cache_dir"}
+_CONVERTED_KWARGS = {"dtype", "device_map", "token", "cache_dir", "local_files_only"}
 
 
 def _architecture(path_or_repo, subfolder, revision, hub_kwargs) -> tuple[type[SAE], str]:
@@ -43,9 +43,13 @@ class AutoSAE:
         ...); converted formats accept `dtype`, `device_map` (one device), `token` and `cache_dir`.
         """
         hub_kwargs = {k: kwargs[k] for k in ("token", "cache_dir") if kwargs.get(k) is not None}
-        folder = open_folder(path_or_repo, subfolder, revision, **hub_kwargs)
+        local_only = bool(kwargs.get("local_files_only"))
+        folder = open_folder(path_or_repo, subfolder, revision, local_files_only=local_only, **hub_kwargs)
         fmt = detect(folder)
         if fmt == NATIVE:
+            if local_only and folder.local_root is not None:  # the cached snapshot: no request at all
+                path_or_repo, subfolder, revision = folder.local_root, None, None
+                kwargs = {k: v for k, v in kwargs.items() if k not in ("local_files_only", "token", "cache_dir")}
             model_cls, _ = _architecture(path_or_repo, subfolder, revision, hub_kwargs)
             return model_cls.from_pretrained(path_or_repo, subfolder=subfolder, revision=revision, **kwargs)
         unsupported = sorted(set(kwargs) - _CONVERTED_KWARGS)

@@ -13,6 +13,7 @@ import huggingface_hub.constants as hf_constants
 from huggingface_hub import HfApi, RepoFolder, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
+    GatedRepoError,
     HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
@@ -82,6 +83,7 @@ def open_folder(
     revision: str | None = None,
     token: str | bool | None = None,
     cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
 ) -> SAEFolder:
     """List an SAE folder; a FileNotFoundError says clearly what is missing (repo, revision, subfolder)."""
     hub_kwargs = {k: v for k, v in (("token", token), ("cache_dir", cache_dir)) if v is not None}
@@ -99,12 +101,12 @@ def open_folder(
         validate_repo_id(str(source))
     except HFValidationError as e:
         raise FileNotFoundError(f"{source} is neither a local folder nor a valid Hub repo id") from e
-    if hf_constants.HF_HUB_OFFLINE:
+    if hf_constants.HF_HUB_OFFLINE or local_files_only:
         root = _cached_snapshot(str(source), revision, cache_dir) / (subfolder or "")
         if not root.is_dir():
             raise FileNotFoundError(
-                f"subfolder {subfolder!r} of {source} is not in the local cache and HF_HUB_OFFLINE is set; "
-                "load it once online (or unset HF_HUB_OFFLINE)"
+                f"subfolder {subfolder!r} of {source} is not in the local cache and HF_HUB_OFFLINE is set "
+                "(or local_files_only=True); load it once online"
             )
         return SAEFolder(str(source), subfolder, revision, _list_local(root), root, hub_kwargs)
     names = _list_hub(str(source), subfolder, revision, token)
@@ -127,6 +129,8 @@ def _list_hub(repo_id: str, subfolder: str | None, revision: str | None, token) 
         entries = list(api.list_repo_tree(repo_id, path_in_repo=subfolder or None, revision=revision))
         for entry in [e for e in entries if isinstance(e, RepoFolder) and e.path[len(prefix) :] in NESTED]:
             entries += list(api.list_repo_tree(repo_id, path_in_repo=entry.path, revision=revision))
+    except GatedRepoError as e:
+        raise FileNotFoundError(f"{repo_id} is gated: accept its terms on the Hub, then log in (or pass token=)") from e
     except RepositoryNotFoundError as e:
         raise FileNotFoundError(f"{repo_id} is neither a local folder nor a Hub repo one can access") from e
     except RevisionNotFoundError as e:
@@ -149,6 +153,6 @@ def _cached_snapshot(repo_id: str, revision: str | None, cache_dir) -> Path:
     if not snapshot.is_dir():
         raise FileNotFoundError(
             f"{repo_id} is not a local folder, and as a Hub repo (revision {rev!r}) it is not in the local cache "
-            f"{storage.parent} and HF_HUB_OFFLINE is set; load it once online (or unset HF_HUB_OFFLINE)"
+            f"{storage.parent} and HF_HUB_OFFLINE is set (or local_files_only=True); load it once online"
         ) from LocalEntryNotFoundError(str(snapshot))
     return snapshot

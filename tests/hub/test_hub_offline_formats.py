@@ -21,8 +21,14 @@ def test_cached_repo_loads_offline_and_a_missing_one_fails_at_once(hub, monkeypa
     push_to_hub([sae], REPO)
     AutoSAE.from_pretrained(REPO, subfolder="model.layers.3")  # online: fills the cache
     list_saes(REPO)
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     n_requests = len(hub.state.requests)
+    for kwargs in ({}, {"dtype": torch.float64}):  # local_files_only: the cache, even with the Hub reachable
+        again = AutoSAE.from_pretrained(REPO, subfolder="model.layers.3", local_files_only=True, **kwargs)
+        assert torch.equal(again.W_enc.float(), sae.W_enc) and again.config.hookpoint == "model.layers.3"
+    assert len(hub.state.requests) == n_requests
+    with pytest.raises(FileNotFoundError, match="not in the local cache"):
+        AutoSAE.from_pretrained(REPO, subfolder="model.layers.4", local_files_only=True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     start = time.perf_counter()
     cached = AutoSAE.from_pretrained(REPO, subfolder="model.layers.3")
     elapsed = time.perf_counter() - start
