@@ -20,13 +20,26 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
-from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, ModelCardData
-from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub import (
+    CommitInfo,
+    CommitOperationAdd,
+    CommitOperationDelete,
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    hf_hub_download,
+)
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 from .auto import AutoSAE
 from .formats import FORMATS, NATIVE_MARKERS, UnknownFormatError, detect, open_folder
 from .saes.base import SAE
-from .saes.loading import resolve_file
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +121,7 @@ def list_saes(
     path_or_repo: str | os.PathLike, revision: str | None = None, token: str | bool | None = None
 ) -> dict[str, dict]:
     """The SAEs of a repo or folder, from its index (no weights are downloaded): `{subfolder: entry}`."""
-    kwargs = {"token": token} if token is not None else {}
-    path = resolve_file(path_or_repo, INDEX_NAME, None, revision, **kwargs)
+    path = _index_path(path_or_repo, revision, token)
     try:
         index = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
@@ -117,6 +129,32 @@ def list_saes(
     if not isinstance(index, dict) or not isinstance(index.get("saes"), dict):
         raise ValueError(f"{path} is not a hubsae index: it has no 'saes' mapping")
     return index["saes"]
+
+
+def _index_path(path_or_repo: str | os.PathLike, revision: str | None, token) -> Path:
+    local = Path(path_or_repo)
+    if local.is_dir():
+        if not (local / INDEX_NAME).is_file():
+            raise FileNotFoundError(f"{local} has no file {INDEX_NAME}: it is not a folder pushed by hubsae")
+        return local / INDEX_NAME
+    repo = str(path_or_repo)
+    try:
+        return Path(hf_hub_download(repo, INDEX_NAME, revision=revision, token=token))
+    except LocalEntryNotFoundError as e:  # before EntryNotFoundError, its parent class
+        raise FileNotFoundError(
+            f"{INDEX_NAME} of {repo} is not in the local cache and HF_HUB_OFFLINE is set; load it once online"
+        ) from e
+    except GatedRepoError as e:
+        raise FileNotFoundError(f"{repo} is gated: accept its terms on the Hub, then log in (or pass token=)") from e
+    except RepositoryNotFoundError as e:
+        raise FileNotFoundError(f"{repo} is neither a local folder nor a Hub repo one can access") from e
+    except RevisionNotFoundError as e:
+        raise FileNotFoundError(f"{repo} has no revision {revision!r}") from e
+    except EntryNotFoundError as e:
+        raise FileNotFoundError(
+            f"{repo} has no file {INDEX_NAME}: it was not pushed by hubsae (load its SAEs with "
+            "AutoSAE.from_pretrained(repo, subfolder=...))"
+        ) from e
 
 
 # ---- pieces ---------------------------------------------------------------------------------
@@ -192,7 +230,10 @@ def _existing_index(api: HfApi, repo_id: str, revision: str | None) -> dict[str,
         path = api.hf_hub_download(repo_id, INDEX_NAME, revision=revision)
     except (EntryNotFoundError, RevisionNotFoundError, RepositoryNotFoundError):
         return {}
-    saes = json.loads(Path(path).read_text()).get("saes", {})
+    try:
+        saes = json.loads(Path(path).read_text()).get("saes", {})
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{INDEX_NAME} in {repo_id} is not valid JSON ({e}); fix or delete it before pushing") from e
     return dict(saes) if isinstance(saes, dict) else {}
 
 

@@ -37,6 +37,10 @@ def test_cached_repo_loads_offline_and_a_missing_one_fails_at_once(hub, monkeypa
     x = torch.randn(3, 16)
     torch.testing.assert_close(cached.encode(x), sae.encode(x), rtol=0, atol=0)
     assert list(list_saes(REPO)) == ["model.layers.3"]
+    with pytest.raises(
+        FileNotFoundError, match="hubsae_index.json of tester/never-downloaded is not in the local cache"
+    ):
+        list_saes("tester/never-downloaded")
 
     for repo, sub in (("tester/never-downloaded", "model.layers.3"), (REPO, "model.layers.4")):
         start = time.perf_counter()
