@@ -1,6 +1,6 @@
 """Gemma Scope (Lieberum et al. 2024) and Gemma Scope 2: JumpReLU SAEs from Google DeepMind.
 
-Gemma Scope: `google/gemma-scope-{2b,9b,27b}-{pt,it}-{res,mlp,att}`, one folder per SAE,
+Gemma Scope: `google/gemma-scope-{2b,9b,27b}-{pt,it}-{res,mlp,att,transcoders}`, one folder per SAE,
 `layer_{L}/width_{W}/average_l0_{N}/params.npz` with W_enc (d_in, d_sae), W_dec (d_sae, d_in),
 b_enc, b_dec, threshold. There is no config file: layer, width and L0 come from the path, the
 site (res/mlp/att) and the model from the repo name (as SAELens' `get_gemma_2_config_from_hf`).
@@ -44,8 +44,14 @@ _WIDTHS = {
     "524k": 524288,
     "1m": 1048576,
 }
-_REPO = re.compile(r"gemma-scope-(\d+b)-(pt|it)-(res|mlp|att)(?:[-_/]|$)")
-_SITES = {"res": "blocks.{L}.hook_resid_post", "mlp": "blocks.{L}.hook_mlp_out", "att": "blocks.{L}.attn.hook_z"}
+_REPO = re.compile(r"gemma-scope-(\d+b)-(pt|it)-(res|mlp|att|transcoders)(?:[-_/]|$)")
+# site -> (TransformerLens hook read, hook written for transcoders), as SAELens' Gemma 2 loaders
+_SITES = {
+    "res": ("blocks.{L}.hook_resid_post", None),
+    "mlp": ("blocks.{L}.hook_mlp_out", None),
+    "att": ("blocks.{L}.attn.hook_z", None),
+    "transcoders": ("blocks.{L}.ln2.hook_normalized", "blocks.{L}.hook_mlp_out"),
+}
 
 
 def _width(text: str) -> int | None:
@@ -83,17 +89,20 @@ class GemmaScopeFormat:
         layer = re.search(r"layer_(\d+)", hint)
         repo = _REPO.search(hint)
         model = f"google/gemma-2-{repo.group(1)}" + ("-it" if repo.group(2) == "it" else "") if repo else None
-        hookpoint = None
+        hookpoint = hookpoint_out = None
         if layer and repo:
-            hookpoint = from_transformer_lens(_SITES[repo.group(3)].format(L=layer.group(1)), model)
+            hook_in, hook_out = _SITES[repo.group(3)]
+            hookpoint = from_transformer_lens(hook_in.format(L=layer.group(1)), model)
+            if hook_out:
+                hookpoint_out = from_transformer_lens(hook_out.format(L=layer.group(1)), model)
         else:
             logger.warning(
                 "%s: layer or site not in the path (gemma-scope-<size>-<pt|it>-<res|mlp|att>/layer_L/...); no hookpoint set",
                 hint,
             )
         config = JumpReLUSAEConfig(
-            d_in=d_in, d_sae=d_sae, hookpoint=hookpoint, base_model_name_or_path=model,
-            subtract_b_dec=False, normalize_decoder=False,
+            d_in=d_in, d_sae=d_sae, hookpoint=hookpoint, hookpoint_out=hookpoint_out,
+            base_model_name_or_path=model, subtract_b_dec=False, normalize_decoder=False,
         )  # fmt: skip
         return config, state
 

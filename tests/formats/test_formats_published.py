@@ -167,6 +167,12 @@ def test_gemma_scope_npz_config_from_the_path(tmp_path):
     _check(sae, x, f, f @ p["W_dec"] + p["b_dec"])
     mlp, _ = _gemma_scope(tmp_path, site="mlp", layer=7)
     assert AutoSAE.from_pretrained(mlp).config.hookpoint == "model.layers.7.post_feedforward_layernorm"
+    tc, _ = _gemma_scope(tmp_path, site="transcoders", layer=2)
+    cfg = AutoSAE.from_pretrained(tc).config
+    assert (cfg.hookpoint, cfg.hookpoint_out) == (
+        "model.layers.2.pre_feedforward_layernorm",
+        "model.layers.2.post_feedforward_layernorm",
+    )
 
 
 def test_gemma_scope_npz_missing_key_and_wrong_width(tmp_path):
