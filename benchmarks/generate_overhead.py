@@ -2,10 +2,10 @@
 
 SmolLM2-135M-Instruct, greedy, a batch of left-padded prompts, an 18,432-latent TopK SAE at
 `model.layers.15` (random weights: the cost does not depend on what the SAE learned). The configs
-run interleaved, round after round, so drift of a shared machine hits them alike; the table shows
-the best round. Besides wall-clock time it reports the process's CPU time, which other processes
-on a shared machine barely disturb (with `--threads 1` it is the work done, thread spin included
-otherwise).
+run interleaved, round after round, so drift of a shared machine hits them alike; the overhead is
+each config's time over plain's in the same round (median over rounds), and a second plain run
+gauges the noise. Besides wall-clock time it reports the process's CPU time, which other
+processes on a shared machine disturb less (with `--threads 1` it is the work done).
 
     .venv/bin/python benchmarks/generate_overhead.py                 # CPU, batch 4, 32 new tokens
     .venv/bin/python benchmarks/generate_overhead.py --device cuda   # on a GPU
@@ -13,6 +13,7 @@ otherwise).
 
 import argparse
 import contextlib
+import statistics
 import sys
 import time
 
@@ -44,6 +45,7 @@ def interventions(model, sae) -> dict:
     feature = 123
     return {
         "plain": contextlib.nullcontext,
+        "plain again (noise gauge)": contextlib.nullcontext,
         "steer (all positions)": lambda: hubsae.steer(model, sae, {feature: 8.0}),
         "steer (generated, relative)": lambda: hubsae.steer(
             model, sae, {feature: 0.5}, positions="generated", relative=True
@@ -57,9 +59,38 @@ def interventions(model, sae) -> dict:
     }
 
 
-def time_generate(model, inputs, new_tokens: int, manager, device: str) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of one generate() call."""
-    with torch.no_grad(), manager():
+def _hook_dicts(model):
+    for module in model.modules():
+        yield module._forward_hooks
+        yield module._forward_pre_hooks
+
+
+@contextlib.contextmanager
+def timed_hooks(model, manager):
+    """Enter `manager` and time (process CPU) every hook it registered: yields [seconds spent]."""
+    before = {key for hooks in _hook_dicts(model) for key in hooks}
+    spent = [0.0]
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            start = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += time.process_time() - start
+
+        return wrapper
+
+    with manager():
+        for hooks in _hook_dicts(model):
+            for key in [k for k in hooks if k not in before]:
+                hooks[key] = timed(hooks[key])  # same key: the manager's handles still remove it
+        yield spent
+
+
+def time_generate(model, inputs, new_tokens: int, manager, device: str) -> tuple[float, float, float]:
+    """(wall seconds, process CPU seconds, CPU seconds inside the manager's hooks) of one generate()."""
+    with torch.no_grad(), timed_hooks(model, manager) as spent:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         wall, cpu = time.perf_counter(), time.process_time()
@@ -68,7 +99,7 @@ def time_generate(model, inputs, new_tokens: int, manager, device: str) -> tuple
             torch.cuda.synchronize()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     assert out.shape[1] == inputs["input_ids"].shape[1] + new_tokens
-    return wall, cpu
+    return wall, cpu, spent[0]
 
 
 def main() -> None:
@@ -100,34 +131,47 @@ def main() -> None:
 
     for manager in configs.values():  # warm-up: allocator, first-call paths
         time_generate(model, inputs, 4, manager, args.device)
-    wall: dict[str, list[float]] = {name: [] for name in configs}
-    cpu: dict[str, list[float]] = {name: [] for name in configs}
+    times = {kind: {name: [] for name in configs} for kind in ("wall", "cpu", "hooks")}
+    names = list(configs)
     for r in range(args.rounds):
-        for name, manager in configs.items():
-            w, c = time_generate(model, inputs, args.new_tokens, manager, args.device)
-            wall[name].append(w / args.new_tokens)
-            cpu[name].append(c / args.new_tokens)
-        cpu_overheads = ", ".join(f"{name} {100 * (ts[-1] / cpu['plain'][-1] - 1):+.1f}%" for name, ts in cpu.items())
-        print(f"round {r + 1}/{args.rounds} CPU-time overheads: {cpu_overheads}", file=sys.stderr, flush=True)
-    report(args, wall, cpu)
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate: no config always follows another
+            measured = time_generate(model, inputs, args.new_tokens, configs[name], args.device)
+            for kind, value in zip(times, measured, strict=True):
+                times[kind][name].append(value / args.new_tokens)
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    report(args, times)
 
 
-def report(args: argparse.Namespace, wall: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
+def paired_overhead(times: dict[str, list[float]], name: str) -> float:
+    """Median over rounds of this config's time over the plain runs' mean in the same round, minus 1.
+
+    Pairing within a round cancels the slow drift of a shared machine.
+    """
+    plain = [(a + b) / 2 for a, b in zip(times["plain"], times["plain again (noise gauge)"], strict=True)]
+    return statistics.median(t / p for t, p in zip(times[name], plain, strict=True)) - 1
+
+
+def report(args: argparse.Namespace, times: dict[str, dict[str, list[float]]]) -> None:
+    wall, cpu, hooks = times["wall"], times["cpu"], times["hooks"]
+    plain_cpu = statistics.median(cpu["plain"] + cpu["plain again (noise gauge)"])
     print(
         f"\ngenerate() on {args.device}, SmolLM2-135M, batch {args.batch}, {args.new_tokens} new tokens, "
-        f"TopK SAE d_sae={args.d_sae} k={args.k} at model.layers.{args.layer}, best of {args.rounds} rounds, "
-        f"{torch.get_num_threads()} threads\n"
+        f"TopK SAE d_sae={args.d_sae} k={args.k} at model.layers.{args.layer}, {args.rounds} rounds, "
+        f"{torch.get_num_threads()} threads. Overheads: median over rounds of the ratio to the plain runs of the "
+        "same round. Hook cost: CPU time inside the hooks over a plain step's CPU time.\n"
     )
-    print("| intervention | wall ms / step | wall overhead | CPU ms / step | CPU-time overhead |")
-    print("|---|---|---|---|---|")
-    base_wall, base_cpu = min(wall["plain"]), min(cpu["plain"])
+    print("| intervention | wall ms/step | wall overhead | CPU ms/step | CPU overhead | hook CPU ms/step | hook cost |")
+    print("|---|---|---|---|---|---|---|")
     for name in wall:
-        w, c = min(wall[name]), min(cpu[name])
+        hook = statistics.median(hooks[name])
         print(
-            f"| {name} | {w * 1e3:.1f} | {100 * (w / base_wall - 1):+.1f}% "
-            f"| {c * 1e3:.1f} | {100 * (c / base_cpu - 1):+.1f}% |"
+            f"| {name} | {statistics.median(wall[name]) * 1e3:.1f} | {100 * paired_overhead(wall, name):+.1f}% "
+            f"| {statistics.median(cpu[name]) * 1e3:.1f} | {100 * paired_overhead(cpu, name):+.1f}% "
+            f"| {hook * 1e3:.2f} | {100 * hook / plain_cpu:.1f}% |"
         )
-    print(f"\nplain: {args.batch / base_wall:.1f} tok/s wall (a step generates {args.batch} tokens)")
+    print(
+        f"\nplain: {args.batch / statistics.median(wall['plain']):.1f} tok/s wall (a step generates {args.batch} tokens)"
+    )
 
 
 if __name__ == "__main__":
