@@ -1,14 +1,12 @@
-"""The Hub as home: many SAEs in one repo, pushed in one commit with a model card and an index.
+"""Push SAEs to the Hugging Face Hub: many SAEs in one repo, in one commit, with a model card and an index.
 
-Repo layout (hub.md §4):
-
-    README.md            model card: library_name hubsae, tags, base model, one table row per SAE
-    hubsae_index.json    {"saes": {subfolder: {architecture, hookpoint, d_in, d_sae, k, metrics}}}
-    model.layers.6/      a normal `save_pretrained` folder (config.json + model.safetensors)
-    model.layers.12/ ...
-
-`list_saes(repo)` reads only the index, so a user discovers a repo's SAEs without downloading
-weights; `AutoSAE.from_pretrained(repo, subfolder=...)` pulls one of them.
+A repo holds one subfolder per SAE (a normal `save_pretrained` folder: config.json +
+model.safetensors), a README.md model card (library_name hubsae, tags, base model, a table of
+hookpoint, d_sae, k / L0, FVU and dead %) and hubsae_index.json, which lists the SAEs: `list_saes(repo)`
+discovers them without downloading weights and `AutoSAE.from_pretrained(repo, subfolder=...)` pulls one.
+From the command line, DIR is one SAE folder (pushed to a subfolder named after its hookpoint) or a
+folder of SAE folders (subfolder = relative path); published formats (SAELens, sparsify, Gemma Scope,
+Llama Scope) are converted on the way.
 """
 
 import json
