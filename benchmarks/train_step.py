@@ -10,12 +10,12 @@ dense). On CUDA the step runs under bf16 autocast and the "3-GEMM bound" (a thir
     hubsae-plain   the same model with HUBSAE_SPARSE_TRAIN=0 (dense features, dense decoder GEMM)
     hubsae-batch   BatchTopKSAE, sparse path
     sae-lens       TopKTrainingSAE.training_forward_pass (sae-lens' defaults otherwise)
-    sparsify       SparseCoder.forward, loss = fvu (EleutherAI sparsify's training loss)
+    sparsify       SparseCoder.forward, loss = fvu + auxk / 32 (EleutherAI sparsify's training loss)
 
 The peers are optional: a contender whose import fails prints "not installed". They live in a
 separate venv, e.g. `python3 -m venv /work/venv-peers && /work/venv-peers/bin/pip install
 torch sae-lens eai-sparsify && /work/venv-peers/bin/pip install -e . --no-deps`; run this file
-with that venv's python. No dead latents (AuxK off) for every contender.
+with that venv's python. No dead latents (AuxK off) unless --dead-frac marks some dead for all.
 
     python benchmarks/train_step.py                  # CPU: 576/4608/32 and 576/18432/32, 2048 tokens
     python benchmarks/train_step.py --device cuda    # the three H100 shapes, 8192 tokens, bf16 autocast
@@ -42,15 +42,15 @@ CONTENDERS = ("hubsae", "hubsae-plain", "hubsae-batch", "sae-lens", "sparsify")
 # ---- contenders: each returns (module, loss_fn(x) -> scalar loss) ----------------------------
 
 
-def hubsae_topk(d: int, F: int, k: int, device: str, batch: bool = False):
+def hubsae_topk(d: int, F: int, k: int, device: str, dead=None, batch: bool = False):
     from hubsae.saes import BatchTopKSAE, BatchTopKSAEConfig, TopKSAE, TopKSAEConfig
 
     model_cls, config_cls = (BatchTopKSAE, BatchTopKSAEConfig) if batch else (TopKSAE, TopKSAEConfig)
     sae = model_cls(config_cls(d_in=d, d_sae=F, k=k)).to(device).train()
-    return sae, lambda x: sae(x).loss
+    return sae, lambda x: sae(x, dead_mask=dead).loss
 
 
-def hubsae_plain(d: int, F: int, k: int, device: str):
+def hubsae_plain(d: int, F: int, k: int, device: str, dead=None):
     from hubsae.ops import ENV_SWITCH
 
     sae, _ = hubsae_topk(d, F, k, device)
@@ -59,14 +59,14 @@ def hubsae_plain(d: int, F: int, k: int, device: str):
         old = os.environ.get(ENV_SWITCH)
         os.environ[ENV_SWITCH] = "0"
         try:
-            return sae(x).loss
+            return sae(x, dead_mask=dead).loss
         finally:
             os.environ.pop(ENV_SWITCH) if old is None else os.environ.__setitem__(ENV_SWITCH, old)
 
     return sae, loss_fn
 
 
-def saelens_topk(d: int, F: int, k: int, device: str):
+def saelens_topk(d: int, F: int, k: int, device: str, dead=None):
     from sae_lens.saes.sae import TrainStepInput
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
@@ -74,18 +74,18 @@ def saelens_topk(d: int, F: int, k: int, device: str):
 
     def loss_fn(x):
         step = TrainStepInput(
-            sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False
+            sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=0, is_logging_step=False
         )
         return sae.training_forward_pass(step).loss
 
     return sae, loss_fn
 
 
-def sparsify_topk(d: int, F: int, k: int, device: str):
+def sparsify_topk(d: int, F: int, k: int, device: str, dead=None):
     from sparsify import SparseCoder, SparseCoderConfig
 
     sae = SparseCoder(d, SparseCoderConfig(num_latents=F, k=k), device=device)
-    return sae, lambda x: sae(x).fvu
+    return sae, lambda x: (out := sae(x, dead_mask=dead)).fvu + out.auxk_loss / 32
 
 
 MODULES = {"sae-lens": "sae_lens.saes.topk_sae", "sparsify": "sparsify"}  # hubsae: "hubsae.saes"
@@ -93,7 +93,7 @@ MODULES = {"sae-lens": "sae_lens.saes.topk_sae", "sparsify": "sparsify"}  # hubs
 BUILDERS: dict[str, Callable] = {
     "hubsae": hubsae_topk,
     "hubsae-plain": hubsae_plain,
-    "hubsae-batch": lambda d, F, k, device: hubsae_topk(d, F, k, device, batch=True),
+    "hubsae-batch": lambda d, F, k, device, dead=None: hubsae_topk(d, F, k, device, dead, batch=True),
     "sae-lens": saelens_topk,
     "sparsify": sparsify_topk,
 }
@@ -169,7 +169,7 @@ def preload(names) -> None:
             importlib.import_module(MODULES.get(name, "hubsae.saes"))
 
 
-def run_contender(name: str, shape, batches, device: str, warmup: int, steps: int) -> dict:
+def run_contender(name: str, shape, batches, device: str, warmup: int, steps: int, dead=None) -> dict:
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -177,7 +177,7 @@ def run_contender(name: str, shape, batches, device: str, warmup: int, steps: in
         base = torch.cuda.memory_allocated()
     try:
         with PeakRSS() as rss:
-            module, loss_fn = BUILDERS[name](*shape, device)
+            module, loss_fn = BUILDERS[name](*shape, device, dead)
             times = time_steps(loss_fn, module, batches, device, warmup, steps)
     except ImportError as e:
         return {"name": name, "error": f"not installed ({e.name or e})"}
@@ -232,6 +232,7 @@ def main():
     parser.add_argument("--contenders", nargs="*", default=list(CONTENDERS), choices=CONTENDERS)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, help="timed steps (default 5 on CPU, 20 on CUDA)")
+    parser.add_argument("--dead-frac", type=float, default=0.0, help="fraction of latents marked dead (AuxK runs)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--check", action="store_true", help="verify sparse vs plain gradients at each shape")
     args = parser.parse_args()
@@ -250,11 +251,14 @@ def main():
         gen = torch.Generator().manual_seed(0)
         batches = [torch.randn(n_tok, shape[0], generator=gen).to(device) for _ in range(2)]
         bound = gemm_bound(shape, n_tok, device)
+        dead = None
+        if args.dead_frac > 0:
+            dead = (torch.rand(shape[1], generator=gen) < args.dead_frac).to(device)
         label = "/".join(map(str, shape))
         extra = f", 3-GEMM bound {bound / 3:,.0f}" if device == "cuda" else ""
         print(f"| {label} | enc-GEMM bound | {bound:,.0f} | {1e3 * n_tok / bound:.1f} | | 100%{extra} |")
         for name in args.contenders:
-            r = run_contender(name, shape, batches, device, args.warmup, steps)
+            r = run_contender(name, shape, batches, device, args.warmup, steps, dead)
             if "error" in r:
                 print(f"| {label} | {name} | {r['error']} | | | |")
                 continue

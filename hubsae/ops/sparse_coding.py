@@ -1,16 +1,17 @@
 """A TopK / BatchTopK SAE training forward whose backward never touches a dense (N, d_sae) tensor.
 
 Only the encoder's forward GEMM is dense. The top-k (+ ReLU) leaves (token, latent, value)
-pairs; the decoder is a gather-sum over them (`embedding_bag`), and so is AuxK's decoder over
-the dead latents' top-k_aux. The gradient of a selected pre-activation is the dot product of its
-token's output gradient with its decoder row (embedding_bag's own per-sample-weight backward
-kernel), and the weight gradients are gather-sums again, over the pairs sorted by latent:
+pairs; the decoder is a gather-sum over them (`embedding_bag`). The gradient of a selected
+pre-activation is the dot product of its token's output gradient with its decoder row
+(embedding_bag's own per-sample-weight backward kernel), and the weight gradients are
+gather-sums again, over the pairs sorted by latent:
 
     dW_dec[f]  = sum over pairs (t, f) of value * g_out[t]      = embedding_bag(tokens, g_out)
     dW_enc[:, f] = sum over pairs (t, f) of d_pre * x[t]        = embedding_bag(tokens, x)
 
 O(pairs * d_in) instead of O(N * d_sae * d_in), with the same fused kernels on CPU and CUDA and
-no torch.sparse. The dense pre-activation buffer is reused in place for the returned (detached)
+no torch.sparse. AuxK's top-k_aux over the dead latents is a dense block over the dead columns
+only (GEMMs of width n_dead, see `AuxBlock`). The dense pre-activation buffer is reused in place for the returned (detached)
 dense features, so one (N, d_sae) tensor is allocated per step. Half-precision backward
 arithmetic is done in float32 and the gradients cast back.
 """
@@ -75,6 +76,25 @@ def _dense_features(pre: Tensor, pairs: Pairs) -> Tensor:
     return features
 
 
+@dataclass
+class AuxBlock:
+    """AuxK's selection as a dense block over the dead latents only: acts (N, n_dead).
+
+    k_aux is large (d_in / 2 by default) and often covers most dead latents, so GEMMs over the
+    dead columns beat gathers over N * k_aux pairs; nothing spans all d_sae latents.
+    """
+
+    dead_cols: Tensor  # (n_dead,)
+    acts: Tensor  # (N, n_dead) ReLU'd top-k_aux pre-activations of the dead latents, zeros elsewhere
+
+
+def aux_block(pre: Tensor, dead_cols: Tensor, k_aux: int) -> AuxBlock:
+    pre_dead = pre.index_select(1, dead_cols)  # (N, n_dead)
+    values, local = topk_rows(pre_dead, min(k_aux, dead_cols.numel()))
+    acts = torch.zeros_like(pre_dead).scatter_(1, local, torch.relu(values))
+    return AuxBlock(dead_cols, acts)
+
+
 class SparseTopKCode(torch.autograd.Function):
     """(x, W_enc, b_enc, W_dec, b_dec | None) -> (decoded, aux_decoded | None, features, kept values).
 
@@ -89,11 +109,9 @@ class SparseTopKCode(torch.autograd.Function):
         x_in = x - b_dec if b_dec is not None else x
         pre = (x_in @ W_enc).add_(b_enc)  # (N, F), the only dense GEMM; bitwise the plain path's
         main = batch_pairs(pre, k) if batch else per_token_pairs(pre, k)
-        aux = None
-        if dead_cols is not None and dead_cols.numel() > 0:
-            aux = per_token_pairs(pre.index_select(1, dead_cols), min(k_aux, dead_cols.numel()), dead_cols)
+        aux = aux_block(pre, dead_cols, k_aux) if dead_cols is not None and dead_cols.numel() > 0 else None
         decoded = _decode(main, W_dec)
-        aux_decoded = _decode(aux, W_dec) if aux is not None else None
+        aux_decoded = aux.acts.to(W_dec.dtype) @ W_dec.index_select(0, aux.dead_cols) if aux is not None else None
         features = _dense_features(pre, main)
         kept = main.values.clone()  # an output of its own, so ctx holds no reference to an output
         ctx.mark_non_differentiable(features, kept)
@@ -106,18 +124,19 @@ class SparseTopKCode(torch.autograd.Function):
     def backward(ctx, g_dec, g_aux, _g_features, _g_values):
         x_in, W_enc, W_dec = ctx.saved_tensors
         main, aux = ctx.pairs
-        groups = [(main, _acc(g_dec))]
+        x_acc, W_dec_acc = _acc(x_in), _acc(W_dec)
+        d_pre = _pre_grad(main, _acc(g_dec), W_dec_acc)
+        dW_enc_T, dW_dec = _weight_grads(main, d_pre, x_acc, _acc(g_dec), W_dec.shape[0])
+        db_enc = d_pre.new_zeros(W_dec.shape[0]).index_add_(0, main.cols, d_pre)
+        d_aux = None
         if aux is not None and g_aux is not None:
-            groups.append((aux, _acc(g_aux)))
-        W_dec_acc = _acc(W_dec)
-        d_pre = [_pre_grad(p, g, W_dec_acc) for p, g in groups]
-        dW_enc_T, dW_dec = _weight_grads(groups, d_pre, _acc(x_in), W_dec.shape[0])
-        cols = torch.cat([p.cols for p, _ in groups])
-        db_enc = d_pre[0].new_zeros(W_dec.shape[0]).index_add_(0, cols, torch.cat(d_pre))
+            d_aux = _aux_grads(aux, _acc(g_aux), x_acc, W_dec_acc, dW_enc_T, dW_dec, db_enc)
         grad_x = grad_b_dec = None
         if ctx.needs_input_grad[0]:  # only when the input itself is trained through (rare)
-            W_enc_T = _acc(W_enc).t().contiguous()
-            grad_x = sum(_gather_sum(p.cols, p.crow, W_enc_T, dp) for (p, _), dp in zip(groups, d_pre, strict=True))
+            W_enc_acc = _acc(W_enc)
+            grad_x = _gather_sum(main.cols, main.crow, W_enc_acc.t().contiguous(), d_pre)
+            if d_aux is not None:
+                grad_x += d_aux @ W_enc_acc.index_select(1, aux.dead_cols).t()
             grad_x = grad_x.to(x_in.dtype)
         if ctx.has_b_dec and ctx.needs_input_grad[4]:
             # x_in = x - b_dec: d b_dec = -sum_tokens d x_in = -W_enc @ (column sums of d pre) = -W_enc @ db_enc
@@ -148,22 +167,24 @@ def _pre_grad(pairs: Pairs, g_out: Tensor, W_dec: Tensor) -> Tensor:
     return dots * (pairs.values > 0)
 
 
-def _weight_grads(groups, d_pre: list[Tensor], x: Tensor, width: int) -> tuple[Tensor, Tensor]:
-    """(dW_enc^T, dW_dec), each (F, d_in), as gather-sums over the pairs in latent-major order.
-
-    The groups (main, AuxK) index stacked copies of the token tables, so a latent chosen by a
-    token in both selections contributes twice, as it does in the plain path.
-    """
-    n_tok = x.shape[0]
-    rows = torch.cat([p.rows + i * n_tok for i, (p, _) in enumerate(groups)])
-    cols, order = torch.cat([p.cols for p, _ in groups]).sort(stable=True)
+def _weight_grads(pairs: Pairs, d_pre: Tensor, x: Tensor, g_out: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """(dW_enc^T, dW_dec), each (F, d_in), as gather-sums over the pairs in latent-major order."""
+    cols, order = pairs.cols.sort(stable=True)
     crow = torch.zeros(width + 1, dtype=torch.int64, device=x.device)
     crow[1:] = torch.bincount(cols, minlength=width).cumsum(0)
-    rows = rows[order]
-    x_stack = x if len(groups) == 1 else x.repeat(len(groups), 1)
-    g_stack = torch.cat([g for _, g in groups]) if len(groups) > 1 else groups[0][1]
-    values = torch.cat([p.values for p, _ in groups]).to(x.dtype)[order]
-    return _gather_sum(rows, crow, x_stack, torch.cat(d_pre)[order]), _gather_sum(rows, crow, g_stack, values)
+    rows = pairs.rows[order]
+    values = pairs.values.to(x.dtype)[order]
+    return _gather_sum(rows, crow, x, d_pre[order]), _gather_sum(rows, crow, g_out, values)
+
+
+def _aux_grads(aux: AuxBlock, g_aux: Tensor, x: Tensor, W_dec: Tensor, dW_enc_T, dW_dec, db_enc) -> Tensor:
+    """Add AuxK's gradients (GEMMs over the dead columns) into the (F, ...) buffers; returns d pre_dead."""
+    acts = aux.acts.to(x.dtype)
+    d_acts = (g_aux @ W_dec.index_select(0, aux.dead_cols).t()) * (acts > 0)  # (N, n_dead)
+    dW_dec.index_add_(0, aux.dead_cols, acts.t() @ g_aux)
+    dW_enc_T.index_add_(0, aux.dead_cols, d_acts.t() @ x)
+    db_enc.index_add_(0, aux.dead_cols, d_acts.sum(0))
+    return d_acts
 
 
 def auxk_from_decoded(residual: Tensor, aux_decoded: Tensor | None) -> Tensor:
