@@ -62,8 +62,9 @@ class Harvester:
             return hook
 
         try:
-            for hp in self.resolved:
-                hook = make_hook(hp.name, hp.site)
+            # keyed by the name the caller used: a translated name (blocks.6.hook_resid_post) resolves to another
+            for name, hp in zip(self.hookpoints, self.resolved, strict=True):
+                hook = make_hook(name, hp.site)
                 if hp.site == "input":
                     handles.append(hp.module.register_forward_pre_hook(hook))
                 else:

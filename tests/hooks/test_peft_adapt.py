@@ -131,3 +131,19 @@ def test_every_intervention_on_a_peft_model(merged):
         assert not torch.allclose(clamped, clean.logits)
     after_logits = wrapped(input_ids=ids).logits
     torch.testing.assert_close(after_logits, clean.logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_training_activations_from_a_peft_model(merged):
+    """The training harvest reads the adapted model's activations, through the wrapper or merged."""
+    from hubsae.data import Harvester
+
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "up_proj"], init_lora_weights=False)
+    wrapped = get_peft_model(tiny_llama(), lora)
+    model = wrapped.merge_and_unload() if merged else wrapped
+    ids = token_batch(2, 9)
+    with torch.no_grad():
+        want = model(input_ids=ids, output_hidden_states=True).hidden_states[2]
+        got = Harvester(model, ["blocks.1.hook_resid_post"])(ids)["blocks.1.hook_resid_post"]
+    torch.testing.assert_close(got, want)
