@@ -58,3 +58,26 @@ def test_push_of_a_folder_without_saes_or_hookpoint_fails(hub, tmp_path):
     hubsae.TopKSAE(hubsae.TopKSAEConfig(d_in=8, d_sae=16, k=2)).save_pretrained(tmp_path / "nohook")
     with pytest.raises(ValueError, match="has no hookpoint"):
         _push([str(tmp_path / "nohook"), "tester/x"])
+
+
+def test_hubsae_push_command_in_a_fresh_process(hub, tmp_path):
+    """The real entry point, configured the way users point it at a Hub: environment variables."""
+    import os
+    import subprocess
+    import sys
+
+    import huggingface_hub.constants as hf_constants
+
+    sae = hubsae.TopKSAE(hubsae.TopKSAEConfig(d_in=8, d_sae=16, k=2, hookpoint="model.layers.5"))
+    sae.save_pretrained(tmp_path / "one")
+    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
+           "HF_HUB_CACHE": str(tmp_path / "child_cache"), "HF_TOKEN": "hf_test_token", "NO_PROXY": "127.0.0.1"}  # fmt: skip
+    cmd = [sys.executable, "-m", "hubsae.cli", "push", str(tmp_path / "one"), "tester/from-cli", "--private"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 SAE(s) (model.layers.5) -> " in done.stderr
+    assert hub.state.repos["tester/from-cli"].private
+    assert hf_constants.HF_HUB_CACHE != str(tmp_path / "child_cache")  # this process's cache is its own
+    torch.testing.assert_close(
+        AutoSAE.from_pretrained("tester/from-cli", subfolder="model.layers.5").W_dec, sae.W_dec, rtol=0, atol=0
+    )
