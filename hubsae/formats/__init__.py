@@ -16,7 +16,7 @@ Each reader returns a hubsae config and a state dict with the same math as the o
 import logging
 
 from ..saes.base import SAE
-from .base import Format, build_sae, pickle_files
+from .base import Format, build_sae, pickle_files, read_json
 from .files import SAEFolder, open_folder
 from .gemma_scope import GemmaScope2Format, GemmaScopeFormat
 from .llama_scope import LlamaScopeFormat
@@ -58,6 +58,9 @@ def detect(folder: SAEFolder) -> Format | str:
             f"{folder.where} holds only pickle checkpoints {pickles}; hubsae never unpickles files "
             "(loading a pickle can run arbitrary code): convert them to safetensors first"
         )
+    if "hubsae_index.json" in names:  # the root of a repo pushed by hubsae.push_to_hub
+        subfolders = sorted(read_json(folder.fetch("hubsae_index.json")).get("saes", {}))
+        raise UnknownFormatError(f"{folder.where} holds several SAEs; pass subfolder= one of {subfolders}")
     known = "; ".join([" + ".join(NATIVE_MARKERS[0])] + [" + ".join(f.markers) for f in FORMATS])
     raise UnknownFormatError(
         f"{folder.where} is not an SAE folder of a known format; it holds {sorted(names)}; expected {known}"

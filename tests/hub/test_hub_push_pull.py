@@ -118,6 +118,10 @@ def test_missing_repo_subfolder_and_revision_fail_clearly(hub):
     push_to_hub(_saes(), REPO)
     with pytest.raises(FileNotFoundError, match="neither a local folder nor a Hub repo"):
         AutoSAE.from_pretrained("tester/nope", subfolder="model.layers.1")
+    with pytest.raises(
+        ValueError, match=r"holds several SAEs; pass subfolder= one of \['model.layers.1', 'model.layers.2'"
+    ):
+        AutoSAE.from_pretrained(REPO)
     with pytest.raises(FileNotFoundError, match="model.layers.9"):
         AutoSAE.from_pretrained(REPO, subfolder="model.layers.9")
     with pytest.raises(FileNotFoundError, match="revision"):
