@@ -65,7 +65,7 @@ svg text { font-size: 10px; fill: #556; }
 const DATA = JSON.parse(document.getElementById("data").textContent);
 const NS = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
-const fmt = (x) => (x === null || x === undefined) ? "n/a" : (Math.abs(x) >= 1000 || (x !== 0 && Math.abs(x) < 0.001)) ? x.toExponential(2) : (+x.toFixed(4)).toString();
+const fmt = (x) => (x === null || x === undefined) ? "n/a" : Number.isInteger(x) ? String(x) : (Math.abs(x) >= 1000 || (x !== 0 && Math.abs(x) < 0.001)) ? x.toExponential(2) : (+x.toFixed(4)).toString();
 
 function el(tag, attrs, text) {
   const e = tag.startsWith("svg:") ? document.createElementNS(NS, tag.slice(4)) : document.createElement(tag);

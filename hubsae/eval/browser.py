@@ -129,6 +129,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a report is meant to be read (and served)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -139,7 +140,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def write_browser_files(data: dict, out_dir: str | os.PathLike) -> Path:
     """Write `index.html` (the browser) and `features.json` (the same data) into `out_dir`."""
     out = Path(out_dir)
-    atomic_write_text(out / "features.json", json.dumps(data, ensure_ascii=False))
+    atomic_write_text(out / "features.json", json.dumps(data, ensure_ascii=False, separators=(",", ":")))
     page = atomic_write_text(out / "index.html", render_html(data))
     logger.info("wrote the feature browser for %d latents to %s", len(data["features"]), page)
     return page

@@ -44,7 +44,7 @@ def browser_data():
         nearest=decoder_nearest_neighbours(W_dec),
         decode=_decode,
         title="test <browser>",
-        meta={"hookpoint": "model.layers.1"},
+        meta={"hookpoint": "model.layers.1", "d_sae": 4608, "fvu": 0.123456},
         samples=samples,
     )
 
@@ -98,6 +98,7 @@ def test_page_in_headless_chromium(browser_data, tmp_path):
     assert 'data-status="ok"' in body and 'data-feature="12"' in body, body
     assert '<h2 id="ftitle">Feature 12</h2>' in dom
     assert '<pre id="errors"></pre>' in dom
+    assert '<td class="num">4608</td>' in dom and '<td class="num">0.1235</td>' in dom  # ints stay ints
     # the hostile token is rendered as text inside a highlighted span, not as markup
     assert "&lt;/script&gt;&lt;b&gt;x</span>" in dom
     f12 = browser_data["features"][12]
