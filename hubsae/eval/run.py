@@ -19,7 +19,7 @@ from ..hub import subfolder_for
 from ..saes.base import SAE
 from .browser import atomic_write_text, build_browser_data, write_browser_files
 from .lm import SAEEvaluation, evaluate
-from .metrics import decoder_nearest_neighbours
+from .metrics import decoder_nearest_neighbours, density_histogram
 from .plots import have_matplotlib, plot_density_histogram
 from .stats import logit_effects, unembedding
 
@@ -94,6 +94,7 @@ def write_report(results: Sequence[SAEEvaluation], out_dir: str | os.PathLike, s
             "mse": "||x - x_hat||^2 summed over dims, mean over tokens",
         },
         "saes": {r.hookpoint: r.metrics for r in results},
+        "density_histograms": {r.hookpoint: density_histogram(r.recon.density()) for r in results},
     }
     path = atomic_write_text(out / "eval.json", json.dumps(doc, indent=2))
     atomic_write_text(out / "eval.md", metrics_table(results) + "\n")

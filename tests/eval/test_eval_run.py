@@ -69,6 +69,8 @@ def test_write_browser_from_documents(model, tokenizer, tmp_path):
     assert n_examples > 0
     assert "| ce_loss_recovered |" in (tmp_path / "eval.md").read_text()
     assert (tmp_path / "density_model.layers.0.png").exists() == have_matplotlib()
+    hist = report["density_histograms"]["model.layers.0"]
+    assert sum(hist["counts"]) + hist["dead"] == 64 and hist["dead"] == round(metrics["dead_fraction"] * 64)
     card = json.loads((tmp_path / "card_metrics.json").read_text())
     entry = sae_entry(sae, card["model.layers.0"])  # what `hubsae push --metrics` records
     assert entry["metrics"]["fvu"] == metrics["fvu"] and "hookpoint" not in entry["metrics"]
