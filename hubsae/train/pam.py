@@ -27,35 +27,86 @@ Function API (what the trainer calls):
     PAMSGD(sae, n_total, mu_enc=1e-3, nu_enc=1e-3, mu_dec=0, nu_dec=0, alpha=0, beta=0, tol=1e-8)
         .encoder_parameters() -> list[Parameter]      # give these (only) to the optimizer
         .decoder_step(x) -> None                       # closed-form W_dec, b_dec for this batch
+        .decoder_step_from(batches) -> None            # the same over many batches (e.g. an epoch)
+    DecoderStatistics(d_sae, d_in).update(z, x) ... .solve(W_prev, b_prev, n_total, **coefs)
         .proximal_loss() -> scalar Tensor              # add to the SAE loss before backward
         .snapshot() -> None                            # move the anchors to the current values
 A step: decoder_step(x); loss = sae(x).loss + proximal_loss(); backward; optimizer.step();
 snapshot() (per step, or per epoch as the official script does). Train with
 `normalize_decoder=False`: renormalizing the decoder rows would undo the exact solve.
+A solve from one minibatch overfits it unless the batch is much larger than d_sae or mu_dec /
+alpha hold the decoder back: on SmolLM2 (F = 1024) a 4096-vector solve gave test MSE 299 where
+the whole-set solve gave 213 for the same encoder (docs/reproductions.md). Prefer
+`decoder_step_from` over an epoch of batches.
 """
 
 import logging
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PAMSGD", "decoder_closed_form", "DECODER_PARAMETERS"]
+__all__ = ["PAMSGD", "DecoderStatistics", "decoder_closed_form", "DECODER_PARAMETERS"]
 
 logger = logging.getLogger(__name__)
 
 DECODER_PARAMETERS = ("W_dec", "b_dec")
 
 
-def _normal_equations(z: Tensor, x: Tensor, W_prev: Tensor, b_prev: Tensor, n: float, coefs: tuple) -> tuple:
-    alpha, beta, mu, nu, tol = coefs
-    scale = n / z.shape[0]
-    z_bar, x_bar = z.mean(0), x.mean(0)
-    c = n / (n + beta + nu)
-    target_mean = nu * b_prev + n * x_bar  # (D,)
-    A = scale * (z.T @ z) - c * n * torch.outer(z_bar, z_bar)
-    A.diagonal().add_(alpha + mu + tol)
-    C = scale * (z.T @ x) - c * torch.outer(z_bar, target_mean) + mu * W_prev
-    return A, C, z_bar, x_bar
+class DecoderStatistics:
+    """Running float64 sums over batches: S_zz = sum z z^T (F, F), S_zx = sum z x^T (F, D), sum z,
+    sum x, count. Lets the decoder be solved over a whole data set (the official script's per-epoch
+    solve) in F^2 + F D memory, one batch of codes at a time.
+    """
+
+    def __init__(self, d_sae: int, d_in: int, device: torch.device | str | None = None):
+        f64 = dict(dtype=torch.float64, device=device)
+        self.S_zz, self.S_zx = torch.zeros(d_sae, d_sae, **f64), torch.zeros(d_sae, d_in, **f64)
+        self.sum_z, self.sum_x = torch.zeros(d_sae, **f64), torch.zeros(d_in, **f64)
+        self.count = 0
+
+    @torch.no_grad()
+    def update(self, z_BF: Tensor, x_BD: Tensor) -> None:
+        if z_BF.ndim != 2 or x_BD.ndim != 2 or z_BF.shape[0] != x_BD.shape[0]:
+            raise ValueError(
+                f"codes and inputs must be (B, F) and (B, D), got {tuple(z_BF.shape)} and {tuple(x_BD.shape)}"
+            )
+        if (z_BF.shape[1], x_BD.shape[1]) != tuple(self.S_zx.shape):
+            raise ValueError(f"codes/inputs widths {z_BF.shape[1]}, {x_BD.shape[1]} != {tuple(self.S_zx.shape)}")
+        z, x = z_BF.to(self.S_zz), x_BD.to(self.S_zz)
+        self.S_zz += z.T @ z
+        self.S_zx += z.T @ x
+        self.sum_z += z.sum(0)
+        self.sum_x += x.sum(0)
+        self.count += z.shape[0]
+
+    @torch.no_grad()
+    def solve(
+        self, W_prev: Tensor, b_prev: Tensor, n_total: int | None = None, **coefs: float
+    ) -> tuple[Tensor, Tensor]:
+        """Exact minimizer (W_dec, b_dec); coefs: alpha, beta, mu, nu, tol (see `decoder_closed_form`)."""
+        if self.count == 0:
+            raise ValueError("no batches were accumulated")
+        if W_prev.shape != self.S_zx.shape or b_prev.shape != self.sum_x.shape:
+            raise ValueError(f"decoder shapes {tuple(W_prev.shape)}, {tuple(b_prev.shape)} do not match codes/inputs")
+        alpha, beta, mu, nu, tol = (coefs.get(k, 0.0) for k in ("alpha", "beta", "mu", "nu", "tol"))
+        if min(alpha, beta, mu, nu, tol) < 0:
+            raise ValueError(f"alpha, beta, mu, nu, tol must be >= 0, got {(alpha, beta, mu, nu, tol)}")
+        n = float(n_total if n_total is not None else self.count)
+        Wp, bp = W_prev.detach().to(self.S_zz), b_prev.detach().to(self.S_zz)
+        scale, c = n / self.count, n / (n + beta + nu)
+        z_bar, x_bar = self.sum_z / self.count, self.sum_x / self.count
+        A = scale * self.S_zz - c * n * torch.outer(z_bar, z_bar)
+        A.diagonal().add_(alpha + mu + tol)
+        C = scale * self.S_zx - c * torch.outer(z_bar, nu * bp + n * x_bar) + mu * Wp
+        L, info = torch.linalg.cholesky_ex(A)
+        if int(info) == 0:
+            W = torch.cholesky_solve(C, L)
+        else:  # A numerically singular (dead latents, no ridge): any minimizer will do; take the min-norm one
+            logger.debug("PAM decoder system is not positive definite (info=%d); using torch.linalg.lstsq", int(info))
+            W = torch.linalg.lstsq(A.cpu(), C.cpu(), driver="gelsd").solution.to(A.device)
+        b = (nu * bp + n * (x_bar - z_bar @ W)) / (n + beta + nu)
+        return W.to(W_prev.dtype), b.to(b_prev.dtype)
 
 
 def decoder_closed_form(
@@ -70,7 +121,7 @@ def decoder_closed_form(
     nu: float = 0.0,
     tol: float = 1e-8,
 ) -> tuple[Tensor, Tensor]:
-    """Exact minimizer (W_dec, b_dec) of the proximal ridge least squares above.
+    """Exact minimizer (W_dec, b_dec) of the proximal ridge least squares above, for one batch.
 
     Args:
         z_BF: codes of the batch (B, F). x_BD: the (normalized) inputs the SAE reconstructs (B, D).
@@ -79,25 +130,9 @@ def decoder_closed_form(
         alpha, beta: ridge on W and b. mu, nu: proximal weights. tol: jitter added to A's diagonal.
     Returns tensors in W_prev's dtype and device.
     """
-    if z_BF.ndim != 2 or x_BD.ndim != 2 or z_BF.shape[0] != x_BD.shape[0]:
-        raise ValueError(f"codes and inputs must be (B, F) and (B, D), got {tuple(z_BF.shape)} and {tuple(x_BD.shape)}")
-    if W_prev.shape != (z_BF.shape[1], x_BD.shape[1]) or b_prev.shape != (x_BD.shape[1],):
-        raise ValueError(f"decoder shapes {tuple(W_prev.shape)}, {tuple(b_prev.shape)} do not match codes/inputs")
-    if min(alpha, beta, mu, nu, tol) < 0:
-        raise ValueError(f"alpha, beta, mu, nu, tol must be >= 0, got {(alpha, beta, mu, nu, tol)}")
-    n = float(n_total if n_total is not None else z_BF.shape[0])
-    f64 = dict(dtype=torch.float64)
-    z, x = z_BF.to(**f64), x_BD.to(**f64)
-    Wp, bp = W_prev.detach().to(**f64), b_prev.detach().to(**f64)
-    A, C, z_bar, x_bar = _normal_equations(z, x, Wp, bp, n, (alpha, beta, mu, nu, tol))
-    L, info = torch.linalg.cholesky_ex(A)
-    if int(info) == 0:
-        W = torch.cholesky_solve(C, L)
-    else:  # A numerically singular (dead latents, no ridge): any minimizer will do; take the min-norm one
-        logger.debug("PAM decoder system is not positive definite (info=%d); using torch.linalg.lstsq", int(info))
-        W = torch.linalg.lstsq(A.cpu(), C.cpu(), driver="gelsd").solution.to(A.device)
-    b = (nu * bp + n * (x_bar - z_bar @ W)) / (n + beta + nu)
-    return W.to(W_prev.dtype), b.to(b_prev.dtype)
+    stats = DecoderStatistics(z_BF.shape[-1], x_BD.shape[-1], z_BF.device)
+    stats.update(z_BF, x_BD)
+    return stats.solve(W_prev, b_prev, n_total, alpha=alpha, beta=beta, mu=mu, nu=nu, tol=tol)
 
 
 class PAMSGD:
@@ -173,10 +208,19 @@ class PAMSGD:
     @torch.no_grad()
     def decoder_step(self, x: Tensor) -> None:
         """Replace W_dec and b_dec by the closed-form minimizer for this batch of activations."""
-        x_norm, z = self.codes(x)
-        W, b = decoder_closed_form(
-            z, x_norm, self.sae.W_dec, self.sae.b_dec, self.n_total,
-            self.alpha, self.beta, self.mu_dec, self.nu_dec, self.tol,
+        self.decoder_step_from([x])
+
+    @torch.no_grad()
+    def decoder_step_from(self, batches: Iterable[Tensor]) -> None:
+        """The same over many batches (e.g. the whole data set, as the official script does per
+        epoch): codes are accumulated batch by batch into `DecoderStatistics`, then solved once."""
+        stats = DecoderStatistics(self.sae.config.d_sae, self.sae.config.d_in, self.sae.W_dec.device)
+        for x in batches:
+            x_norm, z = self.codes(x)
+            stats.update(z, x_norm)
+        W, b = stats.solve(
+            self.sae.W_dec, self.sae.b_dec, self.n_total,
+            alpha=self.alpha, beta=self.beta, mu=self.mu_dec, nu=self.nu_dec, tol=self.tol,
         )  # fmt: skip
         self.sae.W_dec.copy_(W)
         self.sae.b_dec.copy_(b)

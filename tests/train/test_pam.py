@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import hubsae
-from hubsae.train.pam import PAMSGD, decoder_closed_form
+from hubsae.train.pam import PAMSGD, DecoderStatistics, decoder_closed_form
 
 
 def lstsq_reference(z, x, W_t, b_t, n, alpha, beta, mu, nu):
@@ -132,3 +132,29 @@ def test_pam_training_reconstructs_synthetic_dictionary():
 def test_pam_rejects_bad_settings():
     with pytest.raises(ValueError, match="n_total"):
         PAMSGD(_topk_sae(), n_total=0)
+
+
+def test_statistics_accumulated_over_batches_equal_one_solve_on_their_union():
+    z = torch.relu(torch.randn(90, 6, dtype=torch.float64))
+    x = torch.randn(90, 4, dtype=torch.float64)
+    W_t, b_t = torch.randn(6, 4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    stats = DecoderStatistics(6, 4)
+    for start in (0, 30, 60):
+        stats.update(z[start : start + 30], x[start : start + 30])
+    W, b = stats.solve(W_t, b_t, 500, alpha=0.1, mu=0.5, nu=0.2)
+    W_ref, b_ref = lstsq_reference(z, x, W_t, b_t, 500, 0.1, 0.0, 0.5, 0.2)
+    torch.testing.assert_close(W, W_ref, rtol=1e-7, atol=1e-8)
+    torch.testing.assert_close(b, b_ref, rtol=1e-7, atol=1e-8)
+    with pytest.raises(ValueError, match="no batches"):
+        DecoderStatistics(6, 4).solve(W_t, b_t)
+
+
+def test_decoder_step_from_an_epoch_of_batches():
+    sae = _topk_sae().train()
+    pam = PAMSGD(sae, n_total=96)
+    x = torch.randn(96, 8)
+    z = sae(x).features.detach()
+    W_ref, b_ref = decoder_closed_form(z, x, sae.W_dec.detach().clone(), sae.b_dec.detach().clone(), 96)
+    pam.decoder_step_from(x.split(32))
+    torch.testing.assert_close(sae.W_dec.data, W_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sae.b_dec.data, b_ref, rtol=1e-5, atol=1e-6)
