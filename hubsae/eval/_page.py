@@ -149,8 +149,10 @@ function go(i) { location.hash = "feature=" + i; }
 $("title").textContent = DATA.title;
 rows($("meta"), Object.entries(DATA.meta).map(([k, v]) => [k, typeof v === "number" ? fmt(v) : String(v)]));
 $("search").addEventListener("submit", (e) => { e.preventDefault(); go(parseInt($("fid").value, 10)); });
-$("prev").addEventListener("click", () => go(Math.max(0, (parseInt(document.body.dataset.feature, 10) || 0) - 1)));
-$("next").addEventListener("click", () => go(Math.min(DATA.features.length - 1, (parseInt(document.body.dataset.feature, 10) || 0) + 1)));
+// from the hash, not the feature drawn: the hash changes at once, the drawing on the next hashchange
+const current = () => Math.min(Math.max(fromHash(), 0), DATA.features.length - 1);
+$("prev").addEventListener("click", () => go(Math.max(0, current() - 1)));
+$("next").addEventListener("click", () => go(Math.min(DATA.features.length - 1, current() + 1)));
 window.addEventListener("hashchange", () => show(fromHash()));
 show(fromHash());
 </script>

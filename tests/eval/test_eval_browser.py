@@ -1,9 +1,12 @@
 """The feature browser: its data, its HTML, and the page itself in headless Chromium."""
 
 import json
+import os
 import re
+import select
 import shutil
 import subprocess
+import time
 
 import pytest
 import torch
@@ -113,3 +116,109 @@ def test_page_in_headless_chromium(browser_data, tmp_path):
     )
     assert run.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 10_000  # a drawn page, not a blank one
+
+
+class _DevTools:
+    """Chromium driven over the DevTools protocol on a pipe (fds 3 and 4, JSON messages ending in NUL):
+    enough to click the page's controls and read the console, with no extra Python package."""
+
+    def __init__(self, profile):
+        self.r_cmd, self.w_cmd = os.pipe()
+        self.r_out, self.w_out = os.pipe()
+
+        def wire():  # in the child: the pipe ends become fds 3 (commands in) and 4 (replies out)
+            a, b = os.dup(self.r_cmd), os.dup(self.w_out)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+
+        cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+        cmd += [f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]
+        self.proc = subprocess.Popen(
+            cmd, preexec_fn=wire, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        os.close(self.r_cmd)
+        os.close(self.w_out)
+        self.buf, self.next_id, self.session, self.events = b"", 0, None, []
+
+    def call(self, method: str, timeout: float = 60, **params) -> dict:
+        self.next_id += 1
+        msg = {"id": self.next_id, "method": method, "params": params}
+        if self.session:
+            msg["sessionId"] = self.session
+        os.write(self.w_cmd, json.dumps(msg).encode() + b"\0")
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            while b"\0" in self.buf:
+                raw, self.buf = self.buf.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == self.next_id:
+                    assert "error" not in reply, reply
+                    return reply["result"]
+                self.events.append(reply)
+            if select.select([self.r_out], [], [], 0.5)[0]:
+                self.buf += os.read(self.r_out, 1 << 20)
+        raise TimeoutError(f"chromium did not answer {method} within {timeout}s")
+
+    def open(self, url: str) -> None:
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self.call("Runtime.enable")  # from here on console calls and exceptions arrive as events
+        self.call("Page.navigate", url=url)
+        self.js(
+            "new Promise(r => { const t = setInterval(() => { if (document.body && "
+            "document.body.dataset.status !== 'loading') { clearInterval(t); r(); } }, 50); })"
+        )
+
+    def js(self, expression: str):
+        out = self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+        assert "exceptionDetails" not in out, out
+        return out["result"].get("value")
+
+    def close(self) -> None:
+        try:
+            self.session = None
+            self.call("Browser.close", timeout=20)
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(timeout=30)
+            os.close(self.w_cmd)
+            os.close(self.r_out)
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (scripts/install_chromium.sh needs root and apt)"
+)
+def test_search_box_and_arrows_drive_the_page(browser_data, tmp_path):
+    page = write_browser_files(browser_data, tmp_path / "site")
+    shown = "[document.body.dataset.status, document.body.dataset.feature, location.hash, $('message').textContent]"
+    search = "n => { $('fid').value = n; $('search').querySelector('button').click(); }"
+    settle = "new Promise(r => setTimeout(r, 100))"  # hashchange fires asynchronously
+    browser = _DevTools(tmp_path / "profile")
+    try:
+        browser.open(page.as_uri())
+        first = browser_data["first_feature"]
+        assert browser.js(shown) == ["ok", str(first), "", ""]
+        browser.js(f"({search})(7)")
+        browser.js(settle)
+        assert browser.js(shown) == ["ok", "7", "#feature=7", ""]
+        assert browser.js("$('ftitle').textContent") == "Feature 7"
+        n_contexts = len(browser_data["features"][7]["activations"])
+        assert browser.js("$('contexts').querySelectorAll('.ctx').length") == n_contexts > 0
+        browser.js("$('next').click()")
+        browser.js(settle)
+        assert browser.js(shown)[1:3] == ["8", "#feature=8"]
+        browser.js("$('prev').click(); $('prev').click()")
+        browser.js(settle)
+        assert browser.js(shown)[1:3] == ["6", "#feature=6"]  # two quick clicks move two features
+        browser.js(f"({search})(999)")
+        browser.js(settle)
+        assert browser.js(shown)[3] == "no feature 999 (0 to 23)"
+        noise = [
+            e for e in browser.events if e.get("method") in ("Runtime.consoleAPICalled", "Runtime.exceptionThrown")
+        ]
+        assert noise == []
+    finally:
+        browser.close()
