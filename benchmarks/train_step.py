@@ -186,6 +186,24 @@ def run_contender(name: str, shape, batches, device: str, warmup: int, steps: in
     return {"name": name, "step_s": statistics.median(times), "peak_mib": peak / 2**20}
 
 
+def real_batches(path: str, layer: int, n_tok: int, count: int, device: str) -> list[torch.Tensor]:
+    """SmolLM2-135M activations at the output of `model.layers.<layer>` on the text of `path`,
+    scaled to mean norm sqrt(d_in) (as the trainer does), `count` batches of `n_tok` tokens."""
+    from hubsae.models import load_smollm2
+
+    model, tokenizer = load_smollm2()
+    ids = tokenizer(open(path, encoding="utf-8").read(), return_tensors="pt").input_ids[0]
+    ctx = 256
+    need = n_tok * count
+    if ids.numel() < need:
+        raise SystemExit(f"--real {path}: {ids.numel()} tokens, need {need}")
+    chunks = ids[: need // ctx * ctx + ctx].reshape(-1, ctx)
+    with torch.no_grad():
+        acts = torch.cat([model(c[None], output_hidden_states=True).hidden_states[layer + 1][0] for c in chunks])
+    acts = acts[:need] * (acts.shape[-1] ** 0.5 / acts.norm(dim=-1).mean())
+    return [a.to(device) for a in acts.split(n_tok)]
+
+
 def gemm_bound(shape, n_tok: int, device: str, reps: int = 5) -> float:
     """Tokens/s of the encoder GEMM alone (bias included), the floor of any TopK training step."""
     d, F, _ = shape
@@ -232,6 +250,8 @@ def main():
     parser.add_argument("--contenders", nargs="*", default=list(CONTENDERS), choices=CONTENDERS)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, help="timed steps (default 5 on CPU, 20 on CUDA)")
+    parser.add_argument("--real", metavar="TEXT_FILE", help="SmolLM2 activations on this text instead of random ones")
+    parser.add_argument("--layer", type=int, default=6, help="SmolLM2 layer for --real (d_in 576)")
     parser.add_argument("--dead-frac", type=float, default=0.0, help="fraction of latents marked dead (AuxK runs)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--check", action="store_true", help="verify sparse vs plain gradients at each shape")
@@ -244,12 +264,21 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     preload(args.contenders)
-    print(f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, {n_tok} tokens/step")
+    real = real_batches(args.real, args.layer, n_tok, 2, device) if args.real else None
+    data = f"SmolLM2 layer {args.layer} activations of {args.real}" if real else "random activations"
+    print(
+        f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, {n_tok} tokens/step, {data}"
+    )
     print("| d_in / F / k | contender | tok/s | step ms | peak MiB | % of enc-GEMM bound |")
     print("|---|---|---|---|---|---|")
     for shape in shapes:
         gen = torch.Generator().manual_seed(0)
         batches = [torch.randn(n_tok, shape[0], generator=gen).to(device) for _ in range(2)]
+        if real is not None:
+            if real[0].shape[-1] != shape[0]:
+                print(f"| {'/'.join(map(str, shape))} | skipped: --real gives d_in {real[0].shape[-1]} | | | | |")
+                continue
+            batches = real
         bound = gemm_bound(shape, n_tok, device)
         dead = None
         if args.dead_frac > 0:
