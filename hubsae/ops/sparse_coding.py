@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .select import topk_flat, topk_rows
 
@@ -121,6 +122,7 @@ class SparseTopKCode(torch.autograd.Function):
         return decoded, aux_decoded, features, kept
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_dec, g_aux, _g_features, _g_values):
         x_in, W_enc, W_dec = ctx.saved_tensors
         main, aux = ctx.pairs
