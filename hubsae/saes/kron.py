@@ -13,7 +13,7 @@ Since sqrt is monotone, TopK picks its k winners on one pass of ReLU(u)ReLU(v) s
 the square root of those k only (same values and gradients as the dense z, fewer passes over F).
 `eps` is App. H's guard (1e-5): it bounds d z / d u = v / (2 sqrt(uv + eps)) as u -> 0+. Unlike the
 listing, inactive pairs are exactly 0 (the listing leaves sqrt(eps) there), so codes stay sparse.
-So W_enc and b_enc have shapes (d_in, h*(m+n)) and (h*(m+n),), unlike the other architectures'
+Parameters: W_enc (d_in, h*(m+n)) and b_enc (h*(m+n),), unlike the other architectures'
 (d_in, d_sae); W_dec (d_sae, d_in) and b_dec keep the shared vocabulary (papers.md §1.1).
 
 Init (§1.3): W_enc ~ N(0, 1) / sqrt(2F), zero biases, decoder row (k,i,j) = P^k_i + Q^k_j
