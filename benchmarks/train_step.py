@@ -24,6 +24,7 @@ with that venv's python. No dead latents (AuxK off) unless --dead-frac marks som
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import importlib
 import os
@@ -169,8 +170,15 @@ def preload(names) -> None:
             importlib.import_module(MODULES.get(name, "hubsae.saes"))
 
 
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc), so each contender's RSS baseline starts clean."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def run_contender(name: str, shape, batches, device: str, warmup: int, steps: int, dead=None) -> dict:
     gc.collect()
+    release_freed_memory()
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
