@@ -25,7 +25,7 @@ def test_steered_generation_on_smollm2():
     inputs = tokenizer(
         ["The capital of France is", "My favourite food is pizza because"], return_tensors="pt", padding=True
     )
-    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
     torch.manual_seed(0)
     sae = hubsae.TopKSAE(hubsae.TopKSAEConfig(d_in=576, d_sae=1152, k=16, hookpoint="blocks.15.hook_resid_post"))
     before = digest(model)
@@ -50,7 +50,7 @@ def test_steer_command(tmp_path, caplog):
     config = hubsae.TopKSAEConfig(d_in=576, d_sae=1152, k=16, hookpoint="model.layers.15")
     hubsae.TopKSAE(config).save_pretrained(tmp_path / "sae")
     with caplog.at_level("INFO"):
-        main(["steer", str(tmp_path / "sae"), "--feature", "42=2", "--relative", "--max-new-tokens", "5"])
+        main(["steer", str(tmp_path / "sae"), "--feature", "42=2", "--relative", "--max-new-tokens", "3"])
     out = caplog.text
     plain = out.split("plain:")[1].split("\n")[0].strip()
     steered = out.split("steered:")[1].split("\n")[0].strip()
