@@ -22,6 +22,7 @@ from accelerate.utils import set_seed
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..auto import AutoSAE
 from ..data.stream import DataPosition
 from ..saes.base import SAE
 from . import checkpoint as ckpt
@@ -116,14 +117,12 @@ class Trainer:
         if resume_from is not None:
             shared = self._check_resumable(resume_from)
             rank_state = ckpt.load_rank_state(resume_from, self.rank)
-            from ..auto import AutoSAE
-
             self.saes = {h: AutoSAE.from_pretrained(resume_from / "saes" / h) for h in self.hookpoints}
             self.step, self.tokens = shared["step"], shared["tokens"]
-            position = ckpt_position(rank_state)
-            batches = stream(position)
+            self.position = ckpt_position(rank_state)
+            batches = stream(self.position)
         else:
-            rank_state, self.tokens = None, 0
+            rank_state, self.tokens, self.position = None, 0, DataPosition()
             batches = stream()
             first = list(islice(batches, cfg.norm_estimation_batches))
             self.saes = estimate_and_build(cfg, self.hookpoints, [b for _, b in first], self._reduce_mean)
@@ -164,7 +163,6 @@ class Trainer:
         resume_from = self._resume_path(resume)
         bundle, optimizer, scheduler, batches = self._setup(resume_from)
         log = make_logger(acc, self.trackers, cfg, local=not self.data_parallel and self.world > 1)
-        self.position = None
         bar = tqdm(
             total=cfg.steps * cfg.batch_size * cfg.grad_accum_steps,
             initial=self.tokens,

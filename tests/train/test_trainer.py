@@ -179,3 +179,12 @@ def test_trackers_only_when_installed(monkeypatch, caplog):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
     assert resolve_trackers(TrainConfig(dataset="x")) == ["tensorboard"]
     assert resolve_trackers(TrainConfig(dataset="x", log_with=["tensorboard", "wandb"])) == ["tensorboard", "wandb"]
+
+
+def test_resuming_a_finished_run_changes_nothing(tiny_config, tiny_lm):
+    model, tok, _, _ = tiny_lm
+    cfg = tiny_config(max_tokens=64 * 4)
+    done = _weights(Trainer(cfg, model=model, tokenizer=tok).train())
+    again = Trainer(cfg, model=model, tokenizer=tok)
+    _assert_identical(_weights(again.train(resume=True)), done)
+    assert again.step == 4
