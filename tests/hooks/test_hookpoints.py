@@ -46,6 +46,42 @@ TRANSLATIONS = {
 }
 
 
+def tiny_family(config_name: str, model_name: str, **extra):
+    """A tiny random model of another Llama-like family (Mistral, Qwen 2, Gemma 1 and 2)."""
+    import transformers
+
+    def make():
+        config = getattr(transformers, config_name)(
+            hidden_size=WIDTH,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=128,
+            **extra,
+        )
+        return getattr(transformers, model_name)(config).eval()
+
+    make.__name__ = model_name
+    return make
+
+
+LLAMA_LIKE = {
+    "blocks.1.hook_resid_mid": "model.layers.1.post_attention_layernorm:input",
+    "blocks.1.hook_attn_out": "model.layers.1.self_attn",
+    "blocks.1.hook_mlp_out": "model.layers.1.mlp",
+    "layers.1": "model.layers.1",
+}
+TRANSLATIONS[tiny_family("MistralConfig", "MistralForCausalLM")] = LLAMA_LIKE
+TRANSLATIONS[tiny_family("Qwen2Config", "Qwen2ForCausalLM")] = LLAMA_LIKE
+TRANSLATIONS[tiny_family("GemmaConfig", "GemmaForCausalLM", head_dim=8)] = LLAMA_LIKE
+TRANSLATIONS[tiny_family("Gemma2Config", "Gemma2ForCausalLM", head_dim=8)] = {
+    "blocks.1.hook_resid_mid": "model.layers.1.pre_feedforward_layernorm:input",
+    "blocks.1.hook_attn_out": "model.layers.1.post_attention_layernorm",
+    "blocks.1.hook_mlp_out": "model.layers.1.post_feedforward_layernorm",
+}
+
+
 @pytest.mark.parametrize("make", list(TRANSLATIONS), ids=lambda f: f.__name__)
 def test_translations(make):
     model = make()
@@ -58,29 +94,25 @@ def test_translations(make):
         assert activation_width(model, hp) == WIDTH
 
 
-def test_tl_names_read_what_transformer_lens_reads():
-    """resid_pre/mid/post and attn/mlp out satisfy the residual identities of a sequential block."""
+@pytest.mark.parametrize("make", list(TRANSLATIONS), ids=lambda f: f.__name__)
+def test_tl_names_read_what_transformer_lens_reads(make):
+    """The translated names satisfy the residual identities: pre + attn = mid, mid + mlp = post
+    (pre + attn + mlp = post for a parallel residual)."""
     torch.manual_seed(0)
-    model, ids = tiny_llama(), token_batch()
-    names = [f"blocks.1.hook_{h}" for h in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")]
-    saes = {n: topk_sae(n, seed=i) for i, n in enumerate(names)}
-    with hubsae.record(model, saes, keep_activations=True) as rec:
+    model, ids = make(), token_batch()
+    parallel = getattr(model.config, "use_parallel_residual", False)
+    hooks = ("resid_pre", "resid_post", "attn_out", "mlp_out") + (() if parallel else ("resid_mid",))
+    names = [f"blocks.1.hook_{h}" for h in hooks]
+    with torch.no_grad(), hubsae.record(model, {n: topk_sae(n) for n in names}, keep_activations=True) as rec:
         hidden = model(ids, output_hidden_states=True).hidden_states
-    pre, mid, post, attn, mlp = (rec.activation(n) for n in names)
+    pre, post, attn, mlp = (rec.activation(n) for n in names[:4])
     assert torch.equal(pre, hidden[1]) and torch.equal(post, hidden[2])
-    torch.testing.assert_close(pre + attn, mid)
-    torch.testing.assert_close(mid + mlp, post)
-
-
-def test_gemma_post_norm_outputs_sum_to_residual():
-    torch.manual_seed(0)
-    model, ids = tiny_gemma(), token_batch()
-    names = [f"blocks.0.hook_{h}" for h in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")]
-    with hubsae.record(model, {n: topk_sae(n) for n in names}, keep_activations=True) as rec:
-        model(ids)
-    pre, mid, post, attn, mlp = (rec.activation(n) for n in names)
-    torch.testing.assert_close(pre + attn, mid)
-    torch.testing.assert_close(mid + mlp, post)
+    if parallel:
+        torch.testing.assert_close(pre + attn + mlp, post)
+    else:
+        mid = rec.activation(names[4])
+        torch.testing.assert_close(pre + attn, mid)
+        torch.testing.assert_close(mid + mlp, post)
 
 
 def test_errors_name_the_problem():
