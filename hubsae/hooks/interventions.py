@@ -103,7 +103,8 @@ class Recording:
 
     `rec[key]` concatenates a hookpoint's calls along the token axis (the prefill and each decode
     step of a cached generate() line up into one sequence); key is the hookpoint as given, its
-    canonical module path, or the SAE object.
+    canonical module path, or the SAE object. Padding positions are recorded like any other:
+    mask them with the attention mask.
     """
 
     def __init__(self, pairs: list[tuple[str, Hookpoint, SAE]], keep_activations: bool):
