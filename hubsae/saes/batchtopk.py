@@ -75,6 +75,16 @@ class BatchTopKSAE(TopKSAE):
             return super().activation(pre_acts)
         return pre_acts * (pre_acts > self.threshold)
 
+    def encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(indices, values) of the active latents. With the inference threshold the count varies per
+        token: every token gets as many slots as the busiest one, padded with zero values."""
+        if self.training or self.threshold < 0:
+            return super().encode_sparse(x)
+        features = self.encode(x)
+        width = max(int((features != 0).sum(-1).max()), 1)
+        values, indices = features.topk(width, dim=-1, sorted=False)
+        return indices, values
+
 
 register(BatchTopKSAEConfig, BatchTopKSAE)
 __all__ = ["BatchTopKSAEConfig", "BatchTopKSAE"]

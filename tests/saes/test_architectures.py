@@ -181,3 +181,16 @@ def test_registering_a_second_class_under_a_taken_name_fails():
 
     with pytest.raises(ValueError, match="already registered"):
         register(hubsae.TopKSAEConfig, Other)
+
+
+def test_batchtopk_encode_sparse_follows_the_threshold():
+    sae = hubsae.BatchTopKSAE(hubsae.BatchTopKSAEConfig(d_in=8, d_sae=32, k=3)).eval()
+    with torch.no_grad():
+        sae.b_enc.normal_()
+        sae.threshold.fill_(0.3)
+    x = torch.randn(6, 8)
+    idx, vals = sae.encode_sparse(x)
+    dense = torch.zeros(6, 32).scatter_(-1, idx, vals)
+    torch.testing.assert_close(dense, sae.encode(x))
+    assert idx.shape[-1] == int((sae.encode(x) != 0).sum(-1).max())  # not a fixed k
+    torch.testing.assert_close(sae.decode_sparse(idx, vals), sae.decode(sae.encode(x)), rtol=1e-5, atol=1e-5)
