@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=200_000, help="training tokens")
     parser.add_argument("--output-dir", default="runs/demo")
     parser.add_argument(
-        "--steer", type=float, default=4.0, help="steering strength, in multiples of the feature's peak activation"
+        "--steer", type=float, default=1.0, help="steering strength, in multiples of the feature's peak activation"
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def save_sae(sae, folder: str | os.PathLike) -> None:
+    """`save_pretrained` that also writes on processes other than rank 0.
+
+    transformers' `save_pretrained` silently writes nothing on ranks != 0 once torch.distributed
+    is initialized (`should_save_on_this_rank`); with hookpoints spread over processes, each
+    process owns SAEs that only it can save. There we write the same two files ourselves.
+    """
+    if (
+        not (torch.distributed.is_available() and torch.distributed.is_initialized())
+        or torch.distributed.get_rank() == 0
+    ):
+        sae.save_pretrained(folder)
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sae.config.save_pretrained(folder)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
 def save_checkpoint(accelerator, output_dir, step: int, saes: dict, rank_state: dict, shared: dict, keep: int) -> Path:
     """Write a checkpoint collectively (every process calls this); returns its final path.
 
@@ -57,7 +78,7 @@ def save_checkpoint(accelerator, output_dir, step: int, saes: dict, rank_state: 
         (tmp / "saes").mkdir(parents=True)
     accelerator.wait_for_everyone()
     for name, sae in saes.items():
-        sae.save_pretrained(tmp / "saes" / name)
+        save_sae(sae, tmp / "saes" / name)
     torch.save(rank_state, tmp / f"rank-{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -305,7 +305,7 @@ class Trainer:
         for name, sae in self._saes_to_save().items():
             final = Path(self.config.output_dir) / name
             tmp = final.with_name(f".tmp-{name}")
-            sae.save_pretrained(tmp)
+            ckpt.save_sae(sae, tmp)
             if final.exists():
                 old = final.with_name(f".old-{name}")
                 os.replace(final, old)

@@ -10,9 +10,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from hubsae import AutoSAE
 from hubsae.data import write_cache
 from hubsae.data.stream import tensor_blocks
 from hubsae.train import TrainConfig, Trainer
+from hubsae.train.checkpoint import latest_checkpoint
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 
@@ -45,7 +47,7 @@ def _config(cache, out, hookpoints, **kw):
     return fields
 
 
-def _launch(recipe: dict, tmp_path: Path) -> Path:
+def _launch(recipe: dict, tmp_path: Path, cli: bool = False) -> Path:
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "weights"
@@ -54,8 +56,8 @@ def _launch(recipe: dict, tmp_path: Path) -> Path:
     cmd = [
         str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        str(SCRIPT), str(path), str(out),
     ]  # fmt: skip
+    cmd += ["-m", "hubsae.cli", "train", str(path)] if cli else [str(SCRIPT), str(path), str(out)]
     done = subprocess.run(cmd, capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-4000:]
     return out
@@ -78,13 +80,13 @@ def test_data_parallel_matches_single_process_on_the_same_global_batch(cache, tm
 
 
 def test_hookpoints_spread_over_processes_train_like_one_process(cache, tmp_path):
+    """Through the CLI under `accelerate launch`: each process trains and saves its own SAE."""
     recipe = _config(cache, tmp_path / "spread", ["a", "b"], distribute="hookpoints")
-    out = _launch(recipe, tmp_path)
-    assert sorted(p.name for p in out.iterdir()) == ["rank0-a.safetensors", "rank1-b.safetensors"]
+    _launch(recipe, tmp_path, cli=True)
+    assert sorted(p.name for p in (tmp_path / "spread").iterdir()) == ["a", "b", "checkpoints"]
     single = Trainer(TrainConfig(**_config(cache, tmp_path / "single", ["a", "b"]))).train()
-    for rank, name in ((0, "a"), (1, "b")):
-        got = load_file(out / f"rank{rank}-{name}.safetensors")
+    for name in ("a", "b"):
+        got = AutoSAE.from_pretrained(tmp_path / "spread" / name).state_dict()
+        in_checkpoint = AutoSAE.from_pretrained(latest_checkpoint(tmp_path / "spread") / "saes" / name).state_dict()
         for k, v in single[name].state_dict().items():
-            assert torch.equal(got[k], v), (name, k)
-    saved = sorted(p.name for p in (tmp_path / "spread").iterdir())
-    assert saved == ["a", "b", "checkpoints"]
+            assert torch.equal(got[k], v) and torch.equal(in_checkpoint[k], v), (name, k)
