@@ -122,7 +122,8 @@ class SAE(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, subfolder: str | None = None, **kwargs):
         """Like `PreTrainedModel.from_pretrained`, but strict: no default config for a missing
         config.json, no randomly initialized missing weights, no ignored extra weights."""
-        hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir") if kwargs.get(k) is not None}
+        keys = ("revision", "token", "cache_dir", "local_files_only")
+        hub_kwargs = {k: kwargs[k] for k in keys if kwargs.get(k) is not None}
         resolve_file(pretrained_model_name_or_path, CONFIG_NAME, subfolder, **hub_kwargs)
         want_info = kwargs.pop("output_loading_info", False)
         where = f"{pretrained_model_name_or_path}" + (f"/{subfolder}" if subfolder else "")

@@ -38,13 +38,13 @@ def resolve_file(
         return Path(hf_hub_download(str(path_or_repo), filename, subfolder=subfolder, revision=revision, **hub_kwargs))
     except RepositoryNotFoundError as e:
         raise FileNotFoundError(f"{path_or_repo} is neither a local folder nor a Hub repo one can access") from e
-    except EntryNotFoundError as e:
-        raise FileNotFoundError(f"{_describe(path_or_repo, subfolder)} has no file {filename}") from e
     except LocalEntryNotFoundError as e:
         raise FileNotFoundError(
             f"{filename} of {_describe(path_or_repo, subfolder)} is not in the local cache and the Hub cannot be "
             "reached (HF_HUB_OFFLINE is set or there is no network)"
         ) from e
+    except EntryNotFoundError as e:
+        raise FileNotFoundError(f"{_describe(path_or_repo, subfolder)} has no file {filename}") from e
     except HfHubHTTPError as e:
         raise OSError(f"could not fetch {filename} of {_describe(path_or_repo, subfolder)}: {e}") from e
 

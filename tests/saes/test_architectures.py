@@ -194,3 +194,11 @@ def test_batchtopk_encode_sparse_follows_the_threshold():
     torch.testing.assert_close(dense, sae.encode(x))
     assert idx.shape[-1] == int((sae.encode(x) != 0).sum(-1).max())  # not a fixed k
     torch.testing.assert_close(sae.decode_sparse(idx, vals), sae.decode(sae.encode(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_offline_missing_repo_says_it_is_not_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    from hubsae.saes.loading import resolve_file
+
+    with pytest.raises(FileNotFoundError, match="not in the local cache"):
+        resolve_file("nobody/never-downloaded", "config.json", local_files_only=True)
