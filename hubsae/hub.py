@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -65,6 +66,7 @@ def push_to_hub(
     datasets: list[str] | None = None,
     license: str | None = None,
     tags: list[str] | None = None,
+    extra_folders: Mapping[str, str | os.PathLike] | None = None,
 ) -> CommitInfo:
     """Upload SAEs, the index and the model card to `repo_id` in one commit.
 
@@ -77,6 +79,8 @@ def push_to_hub(
         private: visibility when the repo is created (an existing repo keeps its own).
         token: as in huggingface_hub (default: HF_TOKEN or the saved login).
         base_model: the model the SAEs read; default the SAEs' `base_model_name_or_path`.
+        extra_folders: `{path_in_repo: local folder}` uploaded in the same commit, e.g. the peft
+            adapter that `hubsae.adapt.save_adapted` writes next to its SAE (`lora_adapter`).
     """
     named = _name_saes(saes)
     metrics = dict(metrics or {})
@@ -94,6 +98,7 @@ def push_to_hub(
         root = Path(tmp)
         for sub, sae in named.items():
             sae.save_pretrained(root / sub)
+        _copy_extra_folders(extra_folders or {}, named, root)
         (root / INDEX_NAME).write_text(json.dumps({"format": INDEX_FORMAT, "saes": index}, indent=2) + "\n")
         card.save(root / CARD_NAME)
         operations: list = [
@@ -113,6 +118,16 @@ def push_to_hub(
         )
     logger.info("pushed %d SAE(s) to %s: %s", len(named), repo_id, info.pr_url or info.commit_url)
     return info
+
+
+def _copy_extra_folders(extra: Mapping[str, str | os.PathLike], named: Mapping[str, SAE], root: Path) -> None:
+    for name, src in extra.items():
+        _check_subfolder(name)
+        if name in named or name in _RESERVED:
+            raise ValueError(f"extra folder {name!r} would overwrite an SAE subfolder or {sorted(_RESERVED)}")
+        if not Path(src).is_dir():
+            raise FileNotFoundError(f"extra folder {name!r}: {src} is not a directory")
+        shutil.copytree(src, root / name)
 
 
 def list_saes(
@@ -343,7 +358,11 @@ def collect_saes(directory: str | os.PathLike) -> dict[str, SAE]:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("directory", help="an SAE folder, or a folder of SAE folders (one subfolder per SAE)")
+    parser.add_argument(
+        "directory",
+        help="an SAE folder, or a folder of SAE folders (one subfolder per SAE); a `lora_adapter/` folder "
+        "in it (written by `hubsae adapt`) is pushed too",
+    )
     parser.add_argument("repo_id", help="Hub repo, e.g. my-org/smollm2-topk-saes")
     parser.add_argument("--revision", help="branch to commit to (created when missing)")
     parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
@@ -358,7 +377,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
+    from .adapt import ADAPTER_DIR
+
     saes = collect_saes(args.directory)
+    adapter = Path(args.directory) / ADAPTER_DIR
+    extra = {ADAPTER_DIR: adapter} if (adapter / "adapter_config.json").is_file() else None
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
     info = push_to_hub(
         saes,
@@ -373,5 +396,6 @@ def run(args) -> None:
         datasets=args.dataset,
         license=args.license,
         tags=args.tag,
+        extra_folders=extra,
     )
     logger.info("%d SAE(s) (%s) -> %s", len(saes), ", ".join(sorted(saes)), info.pr_url or info.commit_url)
