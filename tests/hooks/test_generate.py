@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import LAYER1, topk_sae
+from tiny_models import LAYER1, topk_sae
 
 import hubsae
 

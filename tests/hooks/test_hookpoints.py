@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import WIDTH, tiny_gemma, tiny_gpt2, tiny_llama, tiny_neox, token_batch, topk_sae
+from tiny_models import WIDTH, tiny_gemma, tiny_gpt2, tiny_llama, tiny_neox, token_batch, topk_sae
 from torch import nn
 
 import hubsae

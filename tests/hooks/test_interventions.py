@@ -6,7 +6,7 @@ expected one, computed from the SAE's dense `encode` and the decoder rows.
 
 import pytest
 import torch
-from conftest import LAYER1, WIDTH, jumprelu_sae, tiny_llama, token_batch, topk_sae
+from tiny_models import LAYER1, WIDTH, jumprelu_sae, tiny_llama, token_batch, topk_sae
 
 import hubsae
 from hubsae.saes import REGISTRY

@@ -4,8 +4,8 @@ import copy
 
 import pytest
 import torch
-from conftest import LAYER1, tiny_llama, token_batch, topk_sae
 from peft import LoraConfig, get_peft_model
+from tiny_models import LAYER1, tiny_llama, token_batch, topk_sae
 
 import hubsae
 from hubsae.adapt import LoRAAdaptConfig, adapt_lora, load_adapted, lora_target_modules, save_adapted, spliced_loss
