@@ -71,3 +71,13 @@ def load_smollm2(dtype: torch.dtype = torch.float32, **kwargs):
     path = smollm2_path()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).eval()
     return model, AutoTokenizer.from_pretrained(path)
+
+
+def load_causal_lm(name: str | None = None, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) in eval mode: `name` a local folder or Hub id, or None / "smollm2" for the
+    embedded SmolLM2-135M-Instruct."""
+    if name in (None, "smollm2"):
+        return load_smollm2(dtype=dtype)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(name, dtype=dtype).eval(), AutoTokenizer.from_pretrained(name)

@@ -35,15 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_model_and_saes(args: argparse.Namespace):
     """(model, tokenizer, saes) on `args.device`, the model in eval mode."""
-    if args.model is None:
-        from ..models import load_smollm2
+    from ..models import load_causal_lm
 
-        model, tokenizer = load_smollm2()
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model, tokenizer = AutoModelForCausalLM.from_pretrained(args.model), AutoTokenizer.from_pretrained(args.model)
-    model = model.to(args.device).eval()
+    model, tokenizer = load_causal_lm(args.model)
+    model = model.to(args.device)
     saes = [AutoSAE.from_pretrained(p, subfolder=args.subfolder).to(args.device).eval() for p in args.saes]
     return model, tokenizer, saes
 

@@ -11,6 +11,8 @@ import logging
 
 import torch
 
+from ..models import load_causal_lm
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,22 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
 
 
-def _load_model(name: str | None):
-    if name is None:
-        from ..models import load_smollm2
-
-        return load_smollm2()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    return AutoModelForCausalLM.from_pretrained(name).eval(), AutoTokenizer.from_pretrained(name)
-
-
 @torch.no_grad()
 def run(args: argparse.Namespace) -> None:
     from ..auto import AutoSAE
     from .interventions import steer
 
-    model, tokenizer = _load_model(args.model)
+    model, tokenizer = load_causal_lm(args.model)
     sae = AutoSAE.from_pretrained(args.sae, subfolder=args.subfolder).eval()
     prompts = args.prompt or ["Tell me about your weekend."]
     if args.chat:

@@ -21,16 +21,9 @@ PAM_OFF = ("normalize_decoder", "subtract_b_dec")
 
 def load_model(config: TrainConfig):
     """(model, tokenizer) for `config.model`, in eval mode with frozen weights."""
-    dtype = getattr(torch, config.model_dtype)
-    if config.model == "smollm2":
-        from ..models import load_smollm2
+    from ..models import load_causal_lm
 
-        model, tokenizer = load_smollm2(dtype=dtype)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(config.model)
+    model, tokenizer = load_causal_lm(config.model, getattr(torch, config.model_dtype))
     model.eval().requires_grad_(False)
     return model, tokenizer
 
