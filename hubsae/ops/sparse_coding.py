@@ -36,6 +36,7 @@ class Pairs:
     rows: Tensor  # (P,) token of each pair
     cols: Tensor  # (P,) latent of each pair
     values: Tensor  # (P,) ReLU'd pre-activation
+    k: int | None = None  # every token has k pairs (per-token TopK); None for BatchTopK
 
 
 def _acc(t: Tensor) -> Tensor:
@@ -63,8 +64,8 @@ def per_token_pairs(pre: Tensor, k: int, cols_map: Tensor | None = None) -> Pair
         cols = cols_map[cols]
     n_tok = pre.shape[0]
     crow = torch.arange(0, n_tok * k + 1, k, device=pre.device)
-    rows = torch.arange(n_tok, device=pre.device).repeat_interleave(k)
-    return Pairs(crow, rows, cols.flatten(), values.flatten())
+    rows = torch.arange(n_tok, device=pre.device).unsqueeze(1).expand(n_tok, k).reshape(-1)
+    return Pairs(crow, rows, cols.flatten(), values.flatten(), k)
 
 
 def batch_pairs(pre: Tensor, k: int) -> Pairs:
@@ -87,7 +88,10 @@ def _decode(pairs: Pairs, W_dec: Tensor) -> Tensor:
 def _dense_features(pre: Tensor, pairs: Pairs) -> Tensor:
     """Overwrite the no-longer-needed pre-activation buffer with the dense features."""
     features = pre.zero_()
-    features.view(-1).index_put_((pairs.rows * pre.shape[1] + pairs.cols,), pairs.values.to(pre.dtype))
+    values = pairs.values.to(pre.dtype)
+    if pairs.k is not None:  # one scatter, no flat index to build
+        return features.scatter_(1, pairs.cols.view(-1, pairs.k), values.view(-1, pairs.k))
+    features.view(-1).index_put_((pairs.rows * pre.shape[1] + pairs.cols,), values)
     return features
 
 
