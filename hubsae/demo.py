@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", type=int, default=6, help="residual stream after this decoder layer")
     parser.add_argument("--expansion-factor", type=int, default=8)
     parser.add_argument("--k", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=200_000, help="training tokens")
+    parser.add_argument("--max-tokens", type=int, default=500_000, help="training tokens")
     parser.add_argument("--output-dir", default="runs/demo")
     parser.add_argument(
         "--steer", type=float, default=1.0, help="steering strength, in multiples of the feature's peak activation"
@@ -46,7 +46,7 @@ def demo_config(args: argparse.Namespace) -> TrainConfig:
         dataset=DEMO_DATASET,
         context_length=128,
         model_batch_size=16,
-        buffer_contexts=64,
+        buffer_contexts=130,  # 130 * 127 rows = 8 batches of 2048 and a 0.8% tail
         expansion_factor=args.expansion_factor,
         sae={"k": args.k},
         batch_size=2048,

@@ -70,6 +70,7 @@ class ActivationStream:
         self.seed = seed
         self.rank, self.world = row_shard
         self.seed_rank = seed_rank
+        self._warned = False
 
     def _block_batches(self, pos: DataPosition, index: int, block: Block) -> Iterator[tuple[DataPosition, Block]]:
         rows = {int(t.shape[0]) for t in block.values()}
@@ -78,6 +79,12 @@ class ActivationStream:
         n = rows.pop()
         global_b = self.batch_size * self.world
         n_batches = n // global_b
+        if n and n - n_batches * global_b > 0.1 * n and not self._warned:
+            self._warned = True  # the dropped tail is harvest compute thrown away
+            logger.warning(
+                "each block of %d activations yields %d batches of %d: %.0f%% is dropped; "
+                "adjust buffer_contexts or batch_size", n, n_batches, global_b, 100 * (1 - n_batches * global_b / n),
+            )  # fmt: skip
         perm = torch.randperm(n, generator=block_generator(self.seed, pos.epoch, index, self.seed_rank))
         first = pos.batch if index == pos.block else 0
         for j in range(first, n_batches):

@@ -96,8 +96,10 @@ class TrainConfig(Recipe):
     """Leave BOS/EOS/pad positions out of the training activations (BOS is an outlier attention sink)."""
     model_batch_size: int = 8
     """Contexts per LLM forward pass during harvesting."""
-    buffer_contexts: int = 64
-    """Contexts harvested into one shuffle buffer (a block); batches are drawn from a shuffled block."""
+    buffer_contexts: int = 130
+    """Contexts harvested into one shuffle buffer (a block); batches are drawn from a shuffled block and
+    its tail shorter than a batch is dropped, so pick buffer_contexts * (context_length - 1) just above a
+    multiple of batch_size (130 * 127 = 16510 wastes 0.8% with batches of 2048 or 4096)."""
     activation_cache: str | None = None
     """Folder of a disk activation cache: read it if it exists, else harvest into it first, then train from it."""
 
@@ -198,6 +200,7 @@ class TrainConfig(Recipe):
     @property
     def steps(self) -> int:
         return self.max_tokens // (self.batch_size * self.grad_accum_steps)
+
 
 def apply_override(data: dict[str, Any], item: str) -> None:
     """Apply `key=value` (or `dict_field.key=value`) to a recipe dict; the value is parsed as YAML."""

@@ -92,3 +92,12 @@ def test_disk_cache_round_trip(tmp_path, tiny_lm):
         cache_blocks(tmp_path / "cache", ["model.layers.2"])
     with pytest.raises(FileNotFoundError, match="index.json"):
         read_index(tmp_path)
+
+
+def test_a_large_dropped_tail_is_warned_about(caplog):
+    stream = ActivationStream(tensor_blocks(_data(n=100), block_rows=100), batch_size=64)
+    next(stream())
+    assert "36% is dropped" in caplog.text
+    caplog.clear()
+    next(ActivationStream(tensor_blocks(_data(n=100), block_rows=100), batch_size=50)())
+    assert "dropped" not in caplog.text
