@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", type=int, default=6, help="residual stream after this decoder layer")
     parser.add_argument("--expansion-factor", type=int, default=8)
     parser.add_argument("--k", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=500_000, help="training tokens")
+    parser.add_argument("--max-tokens", type=int, default=300_000, help="training tokens")
     parser.add_argument("--output-dir", default="runs/demo")
     parser.add_argument(
         "--steer", type=float, default=1.0, help="steering strength, in multiples of the feature's peak activation"
