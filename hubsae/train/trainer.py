@@ -6,6 +6,7 @@ latent counters, data position) lives here, never in a config. Data-parallel run
 in one DDP module; with many SAEs the hookpoints can instead be spread over the processes.
 """
 
+import json
 import logging
 import math
 import os
@@ -313,8 +314,21 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, final)
+        if self.accelerator.is_main_process:
+            self._write_history()
         self.accelerator.wait_for_everyone()
         logger.info("saved SAEs for %s under %s", list(self.saes), self.config.output_dir)
+
+    def _write_history(self) -> None:
+        """This run's logged metrics as `history.json`, and as `training_curves.png` (L0, FVU) with matplotlib."""
+        from ..eval.browser import atomic_write_text
+        from ..eval.plots import have_matplotlib, plot_training_curves
+
+        out = Path(self.config.output_dir)
+        atomic_write_text(out / "history.json", json.dumps(self.history, indent=1))
+        keys = {key for row in self.history for key in row}
+        if have_matplotlib() and any(k.endswith("l0") for k in keys) and any(k.endswith("fvu") for k in keys):
+            plot_training_curves(self.history, out / "training_curves.png")
 
 
 def ckpt_position(rank_state: dict) -> DataPosition:

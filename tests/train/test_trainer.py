@@ -1,9 +1,13 @@
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from hubsae import AutoSAE, ReLUSAE, ReLUSAEConfig
 from hubsae.data import write_cache
 from hubsae.data.stream import tensor_blocks
+from hubsae.eval.plots import have_matplotlib
 from hubsae.train import NonFiniteLossError, Trainer
 from hubsae.train.checkpoint import latest_checkpoint
 from hubsae.train.metrics import DeadLatentTracker
@@ -31,6 +35,13 @@ def test_training_lowers_fvu_and_saves_loadable_saes(tiny_config, tiny_lm):
         loaded = AutoSAE.from_pretrained(f"{cfg.output_dir}/{h}")
         assert loaded.config.hookpoint == h and loaded.config.input_norm == "scale"
         _assert_identical(_weights({h: loaded}), _weights({h: saes[h]}))
+    saved = json.loads((Path(cfg.output_dir) / "history.json").read_text())
+    assert saved == json.loads(json.dumps(trainer.history))  # what was logged, as JSON
+    curves = Path(cfg.output_dir) / "training_curves.png"
+    if have_matplotlib():  # the dev extra installs it; without it only the JSON is written
+        assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert not curves.exists()
 
 
 def test_input_scale_makes_the_mean_norm_sqrt_d_in(tiny_config, tiny_lm):
