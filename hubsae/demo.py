@@ -5,11 +5,13 @@ generation with one of its features. About 2 minutes on 2 idle CPU cores (300k t
 
 import argparse
 import logging
+import math
 import time
 
 import torch
 
 from .auto import AutoSAE
+from .eval import write_browser
 from .models import load_smollm2
 from .train import TrainConfig, Trainer
 
@@ -33,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--expansion-factor", type=int, default=8)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=300_000, help="training tokens")
+    parser.add_argument("--browser-contexts", type=int, default=32, help="held-out contexts in the feature browser")
     parser.add_argument("--output-dir", default="runs/demo")
     parser.add_argument(
         "--steer", type=float, default=1.0, help="steering strength, in multiples of the feature's peak activation"
@@ -119,6 +122,18 @@ def run(args: argparse.Namespace) -> None:
     sae = AutoSAE.from_pretrained(folder).eval()
     metrics, lines = held_out_metrics(model, tokenizer, sae, hookpoint)
     feature, plain, steered = steered_generation(model, tokenizer, sae, hookpoint, args.steer)
+    # the browser reads contexts past every shuffle block training could have drawn from: held-out text
+    blocks = math.ceil(config.max_tokens / ((config.context_length - 1) * config.buffer_contexts)) + 1
+    page = write_browser(
+        model,
+        tokenizer,
+        sae,
+        config.dataset,
+        f"{config.output_dir}/browser",
+        context_length=config.context_length,
+        max_contexts=args.browser_contexts,
+        skip_contexts=blocks * config.buffer_contexts,
+    )
     report = [
         f"trained {type(sae).__name__} d_sae={sae.config.d_sae} k={sae.config.k} at {hookpoint} "
         f"on {config.max_tokens} tokens of Shakespeare/Milton in {time.perf_counter() - start:.0f} s; saved to {folder}",
@@ -130,5 +145,6 @@ def run(args: argparse.Namespace) -> None:
         f"steering with feature {feature} (most active on {CONCEPT!r}), {args.steer} x its peak activation:",
         f"  plain:   {plain!r}",
         f"  steered: {steered!r}",
+        f"feature browser (open offline in any browser): {page}",
     ]
     logger.info("\n".join(report))

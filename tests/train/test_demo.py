@@ -18,11 +18,26 @@ def test_demo_trains_saves_reloads_and_steers(tmp_path, caplog, monkeypatch):
         "Shall I compare thee to a summer's day? Thou art more lovely and more temperate: Rough winds do shake "
         "the darling buds of May, And summer's lease hath all too short a date.\n"
     )
-    (corpus / "sonnets.txt").write_text(sonnet * 400)
+    (corpus / "sonnets.txt").write_text(sonnet * 1500)  # the browser skips the 260 contexts training may use
     monkeypatch.setattr("hubsae.demo.DEMO_DATASET", str(corpus))
     with caplog.at_level(logging.INFO, logger="hubsae.demo"):
-        main(["demo", "--max-tokens", "4096", "--expansion-factor", "1", "--output-dir", str(tmp_path / "run")])
+        main(
+            [
+                "demo",
+                "--max-tokens",
+                "4096",
+                "--expansion-factor",
+                "1",
+                "--output-dir",
+                str(tmp_path / "run"),
+                "--browser-contexts",
+                "4",
+            ]
+        )
     report = caplog.text
     assert "reloaded with AutoSAE.from_pretrained" in report and "FVU=" in report and "steered:" in report
+    page = tmp_path / "run" / "browser" / "index.html"
+    assert f"feature browser (open offline in any browser): {page}" in report
+    assert "<html" in page.read_text()[:500].lower()
     sae = AutoSAE.from_pretrained(tmp_path / "run" / "model.layers.6")
     assert sae.config.d_sae == 576 and sae.config.input_norm == "scale"
