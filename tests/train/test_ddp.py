@@ -83,7 +83,7 @@ def test_hookpoints_spread_over_processes_train_like_one_process(cache, tmp_path
     """Through the CLI under `accelerate launch`: each process trains and saves its own SAE."""
     recipe = _config(cache, tmp_path / "spread", ["a", "b"], distribute="hookpoints")
     _launch(recipe, tmp_path, cli=True)
-    assert sorted(p.name for p in (tmp_path / "spread").iterdir()) == ["a", "b", "checkpoints"]
+    assert {"a", "b", "checkpoints"} <= {p.name for p in (tmp_path / "spread").iterdir()}
     single = Trainer(TrainConfig(**_config(cache, tmp_path / "single", ["a", "b"]))).train()
     for name in ("a", "b"):
         got = AutoSAE.from_pretrained(tmp_path / "spread" / name).state_dict()
