@@ -117,7 +117,7 @@ class SwitchSAE(TopKSAE):
         return self._dense(indices, values)
 
     def activation(self, pre_acts: Tensor) -> Tensor:
-        raise NotImplementedError(
+        raise TypeError(
             "SwitchSAE features depend on the router's gate, not on pre-activations alone: use encode / encode_sparse"
         )
 
