@@ -144,7 +144,8 @@ class TrainConfig(Recipe):
     """PAM-SGD coefficients for `PAMSGD` (mu_enc, nu_enc, mu_dec, nu_dec, alpha, beta, tol; n_total
     defaults to max_tokens)."""
     ortho_coefficient: float = 0.0
-    """OrtSAE orthogonality penalty weight gamma on the decoder rows (0.25 in the paper; 0: off)."""
+    """OrtSAE orthogonality penalty weight gamma on the decoder rows (0: off). The paper's 0.25 is relative to an
+    MSE averaged over d_in; ours sums over d_in, so the same balance is 0.25 * d_in (docs/reproductions.md)."""
     ortho_chunks: int | None = None
     """Chunks K the latents are split into for the penalty; None: ceil(d_sae / ortho_chunk_size)."""
     ortho_chunk_size: int = 8192
