@@ -126,7 +126,7 @@ class PositionTracker:
         if tokens is None:
             raise TypeError(f"{type(module).__name__} was called without input_ids or inputs_embeds")
         seq_len = tokens.shape[1]
-        offset = _cache_length(kwargs.get("past_key_values"))
+        offset = cache_offset(kwargs, seq_len)
         if offset == 0 and not self._extends_prompt(ids):
             self.prompt_len = seq_len
             self._prompt_ids = ids
@@ -162,13 +162,27 @@ class PositionTracker:
         return slice(min(seq_len, max(0, self.prompt_len - 1 - call.offset)), seq_len)
 
 
-def _cache_length(cache) -> int:
-    if cache is None:
-        return 0
-    if hasattr(cache, "get_seq_length"):
-        return int(cache.get_seq_length())
-    if isinstance(cache, (tuple, list)) and cache and cache[0] is not None:  # legacy ((k, v), ...) caches
-        return int(cache[0][0].shape[-2])
+def cache_offset(kwargs: dict, seq_len: int) -> int:
+    """How many tokens the KV cache holds before this call, from whatever the backbone was given.
+
+    transformers has renamed the cache kwarg across releases (`past_key_values`, then `cache` in
+    5.24) and dropped `cache_position`; reading one name breaks on the next release. So: any
+    cache object under any name, else `cache_position`, else a 2-D attention mask longer than the
+    input (generate() always passes the mask over cached + new tokens).
+    """
+    for value in kwargs.values():
+        if hasattr(value, "get_seq_length"):  # a transformers Cache, whatever the kwarg is called
+            return int(value.get_seq_length())
+    for name in ("past_key_values", "past_key_value", "cache", "layer_past"):
+        legacy = kwargs.get(name)
+        if isinstance(legacy, (tuple, list)) and legacy and legacy[0] is not None:  # ((k, v), ...) caches
+            return int(legacy[0][0].shape[-2])
+    cache_position = kwargs.get("cache_position")
+    if isinstance(cache_position, Tensor) and cache_position.numel():
+        return int(cache_position.reshape(-1)[0])
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, Tensor) and mask.dim() == 2 and mask.shape[1] > seq_len:
+        return int(mask.shape[1] - seq_len)
     return 0
 
 

@@ -126,7 +126,10 @@ def test_record_and_splice_during_generate(model, family):
     feats, x = rec[sae], rec.activation(sae)
     width = max(map(len, PROMPTS))
     assert feats.indices.shape == (len(PROMPTS), width + NEW - 1, sae.config.k)
-    assert torch.equal(feats.to_dense(), sae.encode(x))
+    # each call's record is exactly that call's encode; one GEMM over all tokens rounds differently
+    per_call = torch.cat([sae.encode(a) for a in rec.activations[hp]], dim=-2)
+    assert torch.equal(feats.to_dense(), per_call)
+    torch.testing.assert_close(feats.to_dense(), sae.encode(x), rtol=1e-5, atol=1e-6)
     ids, mask = left_padded(PROMPTS)
     full = torch.cat([ids, tokens[:, :-1]], 1)
     full_mask = torch.cat([mask, torch.ones_like(tokens[:, :-1])], 1)
@@ -136,3 +139,44 @@ def test_record_and_splice_during_generate(model, family):
         hidden = hidden.hidden_states[2]
     real = full_mask.bool()  # pad positions' activations are never attended to
     torch.testing.assert_close(x[real], hidden[real], rtol=1e-4, atol=1e-5)
+
+
+def test_second_generate_in_the_same_block_starts_a_new_prompt(model, family):
+    """Tracker state from one generate() must not leak into the next one inside the same `with`."""
+    hp = LAYER1[family]
+    sae = topk_sae(hp, k=8)
+    feats = active_at_last_prompt_position(model, sae)
+    module = model.get_submodule(hp)
+    with manager("steer", model, sae, feats, "prompt"):
+        generate(model)
+        tokens, logits = generate(model)
+    for b, prompt in enumerate(PROMPTS):
+        expected = reference_logits(model, module, edit_fn("steer", sae, feats), prompt, tokens[b].tolist(), "prompt")
+        torch.testing.assert_close(logits[b], expected, rtol=1e-4, atol=1e-4)
+
+
+class _FakeCache:
+    def __init__(self, n: int):
+        self.n = n
+
+    def get_seq_length(self) -> int:
+        return self.n
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"past_key_values": _FakeCache(7)},  # transformers <= 5.23
+        {"cache": _FakeCache(7)},  # transformers 5.24
+        {"some_future_name": _FakeCache(7)},
+        {"past_key_values": ((torch.zeros(1, 2, 7, 4), torch.zeros(1, 2, 7, 4)),)},  # legacy tuples
+        {"cache_position": torch.arange(7, 9)},
+        {"attention_mask": torch.ones(1, 9, dtype=torch.long)},  # nothing but the mask over cached + new
+    ],
+)
+def test_cache_offset_is_read_from_every_convention(kwargs):
+    from hubsae.hooks.attach import cache_offset
+
+    assert cache_offset(kwargs, seq_len=2) == 7
+    assert cache_offset({"attention_mask": torch.ones(1, 2)}, seq_len=2) == 0
+    assert cache_offset({"past_key_values": _FakeCache(0)}, seq_len=2) == 0

@@ -56,3 +56,35 @@ def test_steer_command(tmp_path, caplog):
     steered = out.split("steered:")[1].split("\n")[0].strip()
     assert "steering {42: 2.0} x ||x|| at model.layers.15" in out
     assert plain and steered and plain != steered
+
+
+@pytest.mark.parametrize("positions", ["prompt", "generated"])
+def test_cached_steering_matches_uncached_reference_on_smollm2(positions):
+    """Cached, left-padded generate() under steer equals a hand-edited, unpadded, uncached forward per row."""
+    from test_generate import reference_logits
+
+    model, tokenizer = load_smollm2()
+    tokenizer.padding_side = "left"
+    prompts = ["The capital of France is", "My favourite food is pizza because"]
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+    torch.manual_seed(0)
+    hp = "model.layers.6"
+    sae = hubsae.TopKSAE(hubsae.TopKSAEConfig(d_in=576, d_sae=1152, k=16, hookpoint=hp))
+    unit = sae.W_dec[42] / sae.W_dec[42].norm()
+    with torch.no_grad(), hubsae.steer(model, sae, {42: 8.0}, positions=positions):
+        out = model.generate(
+            **inputs,
+            max_new_tokens=4,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
+    new = out.sequences[:, inputs.input_ids.shape[1] :]
+    logits = torch.stack(out.logits, 1)
+    for b, prompt in enumerate(prompts):
+        ids = tokenizer(prompt).input_ids
+        expected = reference_logits(
+            model, model.get_submodule(hp), lambda x: x + 8.0 * unit.detach(), ids, new[b].tolist(), positions
+        )
+        torch.testing.assert_close(logits[b], expected, rtol=1e-3, atol=1e-3)
