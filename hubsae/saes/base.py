@@ -84,6 +84,20 @@ class SAEOutput(ModelOutput):
     losses: dict[str, Tensor] | None = None
 
 
+def _own_aligned_storage(model: nn.Module) -> None:
+    """Copy weights that sit at an unaligned address into fresh tensors.
+
+    Weights loaded from safetensors can be views into the file buffer, 8 bytes past a 64-byte
+    boundary (the header length prefix). CPU GEMM kernels then take a different vector path and
+    round differently, so a reloaded SAE (and a resumed run) stopped matching the one in memory
+    by ~1e-8. Freshly allocated tensors are 64-byte aligned, as in the run that saved them.
+    """
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.device.type == "cpu" and tensor.numel() and tensor.data_ptr() % 64:
+                tensor.data = tensor.data.clone(memory_format=torch.contiguous_format)
+
+
 class SAE(PreTrainedModel):
     """Base SAE: f = activation(W_enc^T (x - b_dec) + b_enc), x_hat = f W_dec + b_dec."""
 
@@ -141,6 +155,7 @@ class SAE(PreTrainedModel):
                 raise corrupt_file_error(e, where) from e
             raise
         check_loading_info(info, where)
+        _own_aligned_storage(model)
         return (model, info) if want_info else model
 
     # ---- input handling -------------------------------------------------------------------
