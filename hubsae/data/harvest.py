@@ -13,23 +13,13 @@ import torch
 from torch import Tensor, nn
 
 from ..hooks import resolve_hookpoint
+from ..hooks.attach import add_hook, hooks_removed
 
 logger = logging.getLogger(__name__)
 
 
 class _StopForward(Exception):
     """Raised from a hook once every hookpoint is captured; never escapes `Harvester`."""
-
-
-def _first_tensor(value) -> Tensor:
-    # decoder layers may return a tuple (hidden_states, attn weights, ...); the activation is first
-    if isinstance(value, (tuple, list)):
-        value = value[0]
-    if not isinstance(value, Tensor):
-        raise TypeError(
-            f"hooked module produced {type(value).__name__}, expected a tensor or a tuple starting with one"
-        )
-    return value
 
 
 class Harvester:
@@ -50,29 +40,20 @@ class Harvester:
     @contextmanager
     def _hooks(self, captured: dict[str, Tensor]) -> Iterator[None]:
         total = len(self.resolved)
-        handles = []
 
-        def make_hook(name: str, site: str):
-            def hook(module, args, output=None):
-                value = args if site == "input" else output
-                captured[name] = _first_tensor(value).detach()
+        def capture(name: str):
+            def fn(x: Tensor) -> None:
+                captured[name] = x.detach()
                 if len(captured) == total:
                     raise _StopForward
 
-            return hook
+            return fn
 
-        try:
-            # keyed by the name the caller used: a translated name (blocks.6.hook_resid_post) resolves to another
-            for name, hp in zip(self.hookpoints, self.resolved, strict=True):
-                hook = make_hook(name, hp.site)
-                if hp.site == "input":
-                    handles.append(hp.module.register_forward_pre_hook(hook))
-                else:
-                    handles.append(hp.module.register_forward_hook(hook))
+        # the same hooks as record/splice: they read `:input` from `hidden_states=` too
+        # keyed by the name the caller used: a translated name (blocks.6.hook_resid_post) resolves to another
+        handles = [add_hook(hp, capture(name)) for name, hp in zip(self.hookpoints, self.resolved, strict=True)]
+        with hooks_removed(handles):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
     @torch.no_grad()
     def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> dict[str, Tensor]:

@@ -53,3 +53,21 @@ def test_bad_hookpoints_are_named(tiny_lm):
         Harvester(model, ["model.layers.7"])
     with pytest.raises(ValueError, match="duplicate"):
         Harvester(model, ["model.layers.0", "model.layers.0"])
+
+
+def test_attention_input_read_from_hidden_states_kwarg(tiny_lm):
+    """Llama calls self_attn(hidden_states=...): an `:input` hookpoint must read the kwarg, as record() does."""
+    import hubsae
+
+    model, tok, _, _ = tiny_lm
+    ids = _ids(tok)
+    hp = "model.layers.1.self_attn:input"
+    acts = Harvester(model, [hp])(ids)
+    with torch.no_grad():
+        residual = model(ids, output_hidden_states=True).hidden_states[1]
+        expected = model.model.layers[1].input_layernorm(residual)
+    torch.testing.assert_close(acts[hp], expected, rtol=0, atol=0)
+    sae = hubsae.TopKSAE(hubsae.TopKSAEConfig(d_in=expected.shape[-1], d_sae=64, k=4, hookpoint=hp))
+    with torch.no_grad(), hubsae.record(model, sae, keep_activations=True) as rec:
+        model(ids)
+    torch.testing.assert_close(rec.activation(sae), acts[hp], rtol=0, atol=0)
