@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> None:
     settings = dict(max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     coefficients = dict(args.feature)
     plain = model.generate(**inputs, **settings)
-    with steer(model, sae, coefficients, args.hookpoint, positions=args.positions, relative=args.relative):
+    with steer(model, sae, coefficients, hookpoint=args.hookpoint, positions=args.positions, relative=args.relative):
         steered = model.generate(**inputs, **settings)
     start = inputs.input_ids.shape[1]
     scale = "x ||x||" if args.relative else "(absolute)"

@@ -21,6 +21,8 @@ order they were entered.
 """
 
 import contextlib
+import math
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
@@ -136,7 +138,7 @@ class Recording:
 
 @contextlib.contextmanager
 def record(
-    model: nn.Module, saes: SAEs, hookpoint: str | None = None, keep_activations: bool = False
+    model: nn.Module, saes: SAEs, *, hookpoint: str | None = None, keep_activations: bool = False
 ) -> Iterator[Recording]:
     """Record the SAEs' features (sparse) during every forward inside the block; the model is unchanged."""
     pairs = attachments(model, saes, hookpoint)
@@ -161,7 +163,7 @@ def record(
 
 
 @contextlib.contextmanager
-def splice(model: nn.Module, saes: SAEs, keep_error: bool = False, hookpoint: str | None = None) -> Iterator[None]:
+def splice(model: nn.Module, saes: SAEs, *, keep_error: bool = False, hookpoint: str | None = None) -> Iterator[None]:
     """Replace each hooked activation by its SAE reconstruction (plus the error term if `keep_error`)."""
     pairs = attachments(model, saes, hookpoint)
 
@@ -182,7 +184,17 @@ def splice(model: nn.Module, saes: SAEs, keep_error: bool = False, hookpoint: st
 
 
 def _feature_ids(sae: SAE, features: Sequence[int] | Tensor) -> Tensor:
-    ids = torch.as_tensor(list(features) if not isinstance(features, Tensor) else features, dtype=torch.long)
+    """Validated feature indices: integers (not bools, floats or strings) in [0, d_sae)."""
+    if isinstance(features, Tensor):
+        if features.dtype == torch.bool or features.is_floating_point() or features.is_complex():
+            raise TypeError(f"feature indices must be an integer tensor, got dtype {features.dtype}")
+        ids = features.to(torch.long)
+    else:
+        items = [_scalar(f) for f in features]
+        wrong = [f for f in items if isinstance(f, bool) or not isinstance(f, numbers.Integral)]
+        if wrong:
+            raise TypeError(f"feature indices must be integers, got {wrong!r}")
+        ids = torch.tensor([int(f) for f in items], dtype=torch.long)
     ids = ids.reshape(-1).to(sae.W_dec.device)
     if ids.numel() == 0:
         raise ValueError("no features given")
@@ -190,6 +202,23 @@ def _feature_ids(sae: SAE, features: Sequence[int] | Tensor) -> Tensor:
     if bad.numel():
         raise ValueError(f"features {bad.tolist()} are out of range for an SAE with d_sae={sae.config.d_sae}")
     return ids
+
+
+def _scalar(value):
+    """A one-element tensor as its Python number (so `list(tensor)` works as a feature list)."""
+    return value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
+
+
+def _finite_values(mapping: Mapping[int, float], what: str, like: Tensor) -> Tensor:
+    """The mapping's values as a tensor; a NaN/Inf or non-number would turn every later logit NaN."""
+    values = [_scalar(v) for v in mapping.values()]
+    wrong = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Real)]
+    if wrong:
+        raise TypeError(f"{what} must be real numbers, got {wrong!r}")
+    bad = {f: v for f, v in zip(mapping, values, strict=True) if not math.isfinite(v)}
+    if bad:
+        raise ValueError(f"{what} must be finite, got {bad}")
+    return torch.tensor([float(v) for v in values], dtype=like.dtype, device=like.device)
 
 
 def _edit_hook(hp: Hookpoint, sae: SAE, tracker: PositionTracker | None, positions: str, delta_fn) -> HookFn:
@@ -221,6 +250,7 @@ def ablate(
     model: nn.Module,
     sae: SAE,
     features: Sequence[int] | Tensor,
+    *,
     hookpoint: str | None = None,
     positions: str = "all",
 ) -> Iterator[None]:
@@ -243,13 +273,14 @@ def clamp(
     model: nn.Module,
     sae: SAE,
     values: Mapping[int, float],
+    *,
     hookpoint: str | None = None,
     positions: str = "all",
 ) -> Iterator[None]:
     """Pin features to values ({feature: value}, in the SAE's feature units); the error term is kept."""
     [(hp, sae)] = attachments(model, sae, hookpoint)
     ids = _feature_ids(sae, list(values))
-    targets = torch.tensor(list(values.values()), dtype=sae.W_dec.dtype, device=sae.W_dec.device)
+    targets = _finite_values(values, "clamp values", sae.W_dec)
     tracker = _tracker(positions)
 
     def delta(code, x_sae: Tensor) -> Tensor:
@@ -270,6 +301,7 @@ def steer(
     model: nn.Module,
     sae: SAE,
     coefficients: Mapping[int, float],
+    *,
     hookpoint: str | None = None,
     positions: str = "all",
     relative: bool = False,
@@ -281,7 +313,7 @@ def steer(
     """
     [(hp, sae)] = attachments(model, sae, hookpoint)
     ids = _feature_ids(sae, list(coefficients))
-    coefs = torch.tensor(list(coefficients.values()), dtype=sae.W_dec.dtype, device=sae.W_dec.device)
+    coefs = _finite_values(coefficients, "steering coefficients", sae.W_dec)
     with torch.no_grad():
         vector = coefs @ unit_directions(sae, ids)  # (d_in,)
     tracker = _tracker(positions)

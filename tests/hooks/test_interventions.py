@@ -301,3 +301,55 @@ def test_every_architecture(model_type):
             ablated = model(ids).logits
         reference = logits_with(model, module, lambda out: out - sae.encode(out)[..., feats] @ sae.W_dec[feats], ids)
     torch.testing.assert_close(ablated, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda m, s: hubsae.steer(m, s, {1.7: 3.0}), TypeError, r"integers, got \[1.7\]"),
+        (lambda m, s: hubsae.steer(m, s, {True: 3.0}), TypeError, r"integers, got \[True\]"),
+        (lambda m, s: hubsae.steer(m, s, {"3": 3.0}), TypeError, r"integers, got \['3'\]"),
+        (lambda m, s: hubsae.ablate(m, s, torch.tensor([1.9])), TypeError, "integer tensor, got dtype torch.float32"),
+        (lambda m, s: hubsae.ablate(m, s, torch.tensor([True])), TypeError, "integer tensor, got dtype torch.bool"),
+        (lambda m, s: hubsae.steer(m, s, {1: float("nan")}), ValueError, "steering coefficients must be finite"),
+        (lambda m, s: hubsae.steer(m, s, {1: float("inf")}), ValueError, "steering coefficients must be finite"),
+        (lambda m, s: hubsae.clamp(m, s, {1: float("-inf")}), ValueError, "clamp values must be finite"),
+        (lambda m, s: hubsae.clamp(m, s, {1: "2"}), TypeError, "clamp values must be real numbers"),
+    ],
+)
+def test_bad_feature_indices_and_coefficients_are_refused(make, error, match):
+    model = tiny_llama()
+    sae = topk_sae(LAYER1["llama"])
+    with pytest.raises(error, match=match), make(model, sae):
+        pass
+    assert not all_hooks(model)
+
+
+def test_numpy_and_tensor_scalars_are_accepted_as_features():
+    import numpy as np
+
+    model = tiny_llama()
+    sae = topk_sae(LAYER1["llama"])
+    ids = token_batch()
+    with torch.no_grad():
+        with hubsae.steer(model, sae, {5: 2.0}):
+            expected = model(ids).logits
+        with hubsae.steer(model, sae, {np.int64(5): np.float32(2.0)}):
+            assert torch.equal(model(ids).logits, expected)
+        with hubsae.steer(model, sae, {torch.tensor(5): torch.tensor(2.0)}):
+            assert torch.equal(model(ids).logits, expected)
+
+
+def test_arguments_after_the_payload_are_keyword_only():
+    """splice(model, sae, "model.layers.2") once bound the string to keep_error and did nothing."""
+    model = tiny_llama()
+    sae = topk_sae(LAYER1["llama"])
+    for call in (
+        lambda: hubsae.splice(model, sae, LAYER1["llama"]),
+        lambda: hubsae.record(model, sae, LAYER1["llama"]),
+        lambda: hubsae.ablate(model, sae, [1], LAYER1["llama"]),
+        lambda: hubsae.clamp(model, sae, {1: 0.0}, LAYER1["llama"]),
+        lambda: hubsae.steer(model, sae, {1: 0.0}, LAYER1["llama"]),
+    ):
+        with pytest.raises(TypeError, match="positional argument"):
+            call()
