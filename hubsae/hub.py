@@ -38,7 +38,9 @@ from huggingface_hub.errors import (
 
 from .auto import AutoSAE
 from .formats import FORMATS, NATIVE_MARKERS, UnknownFormatError, detect, open_folder
+from .models import is_hub_id
 from .saes.base import SAE
+from .train.checkpoint import CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +95,9 @@ def push_to_hub(
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     index = _existing_index(api, repo_id, revision)
     index.update({sub: sae_entry(sae, metrics.get(sub)) for sub, sae in named.items()})
-    card = build_card(repo_id, index, base_model or _common_base_model(named), datasets, license, tags)
+    card = build_card(
+        repo_id, index, _card_base_model(base_model or _common_base_model(named)), datasets, license, tags
+    )
     with tempfile.TemporaryDirectory(prefix="hubsae-push-") as tmp:
         root = Path(tmp)
         for sub, sae in named.items():
@@ -260,6 +264,14 @@ def _stale_files(api: HfApi, repo_id: str, revision: str | None, named, new: set
     return [CommitOperationDelete(path_in_repo=f) for f in sorted(existing) if f.startswith(prefixes) and f not in new]
 
 
+def _card_base_model(name: str | None) -> str | None:
+    """`name` when it is a Hub id; a local path would be rejected by the Hub as the card's base_model."""
+    if name is None or is_hub_id(name):
+        return name
+    logger.warning("base model %r is not a Hub repo id: the card names no base model (pass --base-model)", name)
+    return None
+
+
 def _common_base_model(named: Mapping[str, SAE]) -> str | None:
     bases = {sae.config.base_model_name_or_path for sae in named.values()} - {None}
     return bases.pop() if len(bases) == 1 else None
@@ -351,10 +363,18 @@ def collect_saes(directory: str | os.PathLike) -> dict[str, SAE]:
         _check_hookpoint(sae, f"the SAE in {root}")
         return {subfolder_for(sae.config.hookpoint): sae}
     markers = {m[0] for m in NATIVE_MARKERS} | {f.markers[0] for f in FORMATS}
-    folders = sorted({p.parent for name in markers for p in root.rglob(name)} - {root})
+    found = {p.parent for name in markers for p in root.rglob(name)} - {root}
+    folders = sorted(p for p in found if not _is_training_state(p.relative_to(root)))
+    if len(folders) < len(found):
+        logger.info("skipping %d SAE folder(s) inside checkpoints/ or hidden folders", len(found) - len(folders))
     if not folders:
         raise FileNotFoundError(f"{root} holds no SAE folder (none of {sorted(markers)} found)")
     return {p.relative_to(root).as_posix(): AutoSAE.from_pretrained(p) for p in folders}
+
+
+def _is_training_state(relative: Path) -> bool:
+    """A folder of a training run's checkpoints (its SAEs are copies of the final ones) or a hidden one."""
+    return any(part == CHECKPOINT_DIR or part.startswith(".") for part in relative.parts)
 
 
 def add_arguments(parser) -> None:

@@ -7,6 +7,7 @@ half-written); later calls load that folder in well under a second.
 """
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -81,3 +82,39 @@ def load_causal_lm(name: str | None = None, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     return AutoModelForCausalLM.from_pretrained(name, dtype=dtype).eval(), AutoTokenizer.from_pretrained(name)
+
+
+def hub_model_id(name: str | None) -> str | None:
+    """The Hub id to record as an SAE's base model for the `model` a recipe names, or None.
+
+    "smollm2" (or None) is the embedded SmolLM2-135M-Instruct. A local folder is recorded by the
+    `_name_or_path` of its config.json when that is a Hub id, since a local path on the Hub card
+    would link nowhere (and huggingface_hub rejects it as `base_model`); otherwise nothing.
+    """
+    if name in (None, "smollm2"):
+        return SMOLLM2_NAME
+    folder = Path(name)
+    if not folder.exists():
+        return name if is_hub_id(name) else None
+    config = folder / "config.json"
+    try:
+        recorded = json.loads(config.read_text()).get("_name_or_path") if config.is_file() else None
+    except (json.JSONDecodeError, AttributeError):
+        recorded = None
+    if isinstance(recorded, str) and is_hub_id(recorded) and not Path(recorded).exists():
+        return recorded
+    logger.warning("%s is a local folder whose config.json names no Hub model: no base model is recorded", name)
+    return None
+
+
+def is_hub_id(name: str) -> bool:
+    """True for a well-formed `org/name` (or `name`) Hub repo id that is not a filesystem path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith((".", "/", "~")) or os.sep in name.replace("/", "") or name.count("/") > 1:
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True

@@ -22,12 +22,13 @@ from safetensors.torch import save_file
 
 logger = logging.getLogger(__name__)
 
+CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"
 STATE_NAME = "trainer_state.json"
 
 
 def checkpoint_root(output_dir: str | os.PathLike) -> Path:
-    return Path(output_dir) / "checkpoints"
+    return Path(output_dir) / CHECKPOINT_DIR
 
 
 def rng_state() -> dict[str, Any]:

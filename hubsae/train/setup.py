@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..data.cache import INDEX_NAME, cache_blocks, write_cache
 from ..data.stream import ActivationStream, Block, BlockSource, harvest_blocks
 from ..data.text import TextSource, contexts
+from ..models import hub_model_id
 from ..saes.base import REGISTRY, SAE, SAEConfig
 from .config import TrainConfig
 
@@ -109,7 +110,7 @@ def build_sae(config: TrainConfig, hookpoint: str, d_in: int, scale: float, mean
         d_in=d_in,
         d_sae=config.d_sae or config.expansion_factor * d_in,
         hookpoint=hookpoint,
-        base_model_name_or_path=config.model,
+        base_model_name_or_path=hub_model_id(config.model),
         input_norm="scale" if config.normalize_activations else "none",
         input_scale=scale if config.normalize_activations else 1.0,
     )

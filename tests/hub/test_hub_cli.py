@@ -81,3 +81,32 @@ def test_hubsae_push_command_in_a_fresh_process(hub, tmp_path):
     torch.testing.assert_close(
         AutoSAE.from_pretrained("tester/from-cli", subfolder="model.layers.5").W_dec, sae.W_dec, rtol=0, atol=0
     )
+
+
+def test_push_of_a_training_output_dir_skips_its_checkpoints(hub, tmp_path):
+    """A run folder holds the final SAE and copies of it under checkpoints/step-*/saes/: push only the SAE."""
+    from huggingface_hub import HfApi
+
+    sae = hubsae.TopKSAE(hubsae.TopKSAEConfig(d_in=8, d_sae=16, k=2, hookpoint="model.layers.1"))
+    run = tmp_path / "run"
+    sae.save_pretrained(run / "model.layers.1")
+    sae.save_pretrained(run / "checkpoints" / "step-00000040" / "saes" / "model.layers.1")
+    sae.save_pretrained(run / "checkpoints" / ".tmp-step-00000050" / "saes" / "model.layers.1")
+    _push([str(run), "tester/run"])
+    assert set(list_saes("tester/run")) == {"model.layers.1"}
+    assert not [f for f in HfApi().list_repo_files("tester/run") if "checkpoints" in f]
+
+
+@pytest.mark.parametrize(
+    "base, card_base",
+    [("HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"), ("/data/models/llama", None)],
+)
+def test_card_names_a_base_model_only_when_it_is_a_hub_id(hub, tmp_path, base, card_base):
+    from huggingface_hub import ModelCard
+
+    config = hubsae.TopKSAEConfig(d_in=8, d_sae=16, k=2, hookpoint="model.layers.1", base_model_name_or_path=base)
+    hubsae.TopKSAE(config).save_pretrained(tmp_path / "model.layers.1")
+    _push([str(tmp_path), "tester/card"])
+    card = ModelCard.load("tester/card")
+    assert card.data.base_model == card_base
+    assert "/data/models" not in card.content
