@@ -1,6 +1,5 @@
 """What every format reader shares: the `Format` protocol, strict file readers, SAE assembly."""
 
-import json
 import logging
 from pathlib import Path
 from typing import Protocol
@@ -11,6 +10,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from ..saes.base import REGISTRY, SAE, SAEConfig
+from ..saes.loading import check_finite_weights, read_json_object
 from .files import SAEFolder
 
 logger = logging.getLogger(__name__)
@@ -31,13 +31,7 @@ class Format(Protocol):
 
 
 def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(Path(path))
 
 
 def read_safetensors(path: Path) -> dict[str, Tensor]:
@@ -71,13 +65,19 @@ def build_sae(config: SAEConfig, state: dict[str, Tensor], where: str) -> SAE:
     expected = set(sae.state_dict())
     if set(state) != expected:
         raise ValueError(f"{where}: converted weights {sorted(state)} do not match {cls.__name__}'s {sorted(expected)}")
+    check_finite_weights(state, f"{where} (converted to {cls.__name__})")
     sae.load_state_dict({k: v.contiguous() for k, v in state.items()}, strict=True, assign=True)
     return sae.eval()
 
 
-def to_float32(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+def to_float32(tensors: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
     """Converted SAEs compute in float32 (exact conversion arithmetic; bf16 is slow on CPU);
-    `AutoSAE.from_pretrained(..., dtype=...)` casts afterwards."""
+    `AutoSAE.from_pretrained(..., dtype=...)` casts afterwards. Integer or bool tensors and NaN/Inf
+    values are refused, naming the tensor: a cast or a NaN would give a silently wrong SAE."""
+    bad = [f"{k} ({v.dtype})" for k, v in tensors.items() if not v.is_floating_point()]
+    if bad:
+        raise ValueError(f"{path}: tensors that are not floating point: {', '.join(bad)}; SAE weights are floats")
+    check_finite_weights(tensors, str(path))
     return {k: v.float() for k, v in tensors.items()}
 
 

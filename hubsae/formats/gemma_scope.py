@@ -17,6 +17,7 @@ i.e. no b_dec subtraction; a negative threshold becomes 0 (relu(a)*(a>t) = a*(a>
 
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from ..saes import JumpReLUSAEConfig
 from ..saes.base import SAEConfig
-from .base import check_shapes, read_json, read_safetensors, require
+from .base import check_shapes, read_json, read_safetensors, require, to_float32
 from .files import SAEFolder
 from .hookpoints import from_hf_point, from_transformer_lens
 
@@ -59,8 +60,8 @@ def _width(text: str) -> int | None:
     return _WIDTHS.get(m.group(0)[len("width_") :]) if m else None
 
 
-def _jumprelu_state(raw: dict[str, Tensor]) -> dict[str, Tensor]:
-    state = {k: raw[k].float() for k in KEYS}
+def _jumprelu_state(raw: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
+    state = to_float32({k: raw[k] for k in KEYS}, path)
     state["threshold"] = state["threshold"].clamp_min(0)
     return state
 
@@ -77,7 +78,7 @@ class GemmaScopeFormat:
         except (ValueError, OSError) as e:
             raise ValueError(f"{path} is not a readable npz archive of arrays: {e}") from e
         require(raw, KEYS, path, LAYOUT)
-        state = _jumprelu_state(raw)
+        state = _jumprelu_state(raw, path)
         d_in, d_sae = state["W_enc"].shape
         check_shapes(state, d_in, d_sae, path)
         hint = folder.path_hint
@@ -126,7 +127,7 @@ class GemmaScope2Format:
         require(raw, KEYS, path, LAYOUT)
         if set(raw) - set(KEYS):
             raise ValueError(f"{path} holds tensors a JumpReLU SAE does not use: {sorted(set(raw) - set(KEYS))}")
-        state = _jumprelu_state(raw)
+        state = _jumprelu_state(raw, path)
         d_in, d_sae = state["W_enc"].shape
         check_shapes(state, d_in, d_sae, path)
         if cfg.get("width") not in (None, d_sae):

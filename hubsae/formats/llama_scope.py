@@ -50,7 +50,7 @@ class LlamaScopeFormat:
         if hp.get("use_glu_encoder"):
             raise ValueError(f"{hp_path}: GLU encoders are not supported")
         weights_path = folder.fetch(WEIGHTS)
-        raw = to_float32(read_safetensors(weights_path))
+        raw = to_float32(read_safetensors(weights_path), weights_path)
         require(raw, ("encoder.weight", "encoder.bias", "decoder.weight"), weights_path, LAYOUT)
         d_in, d_sae = int(hp["d_model"]), int(hp["d_sae"])
         use_bias = hp.get("use_decoder_bias", True)
@@ -82,7 +82,7 @@ class LlamaScopeFormat:
             d_sae=d_sae,
             hookpoint=from_transformer_lens(hook_in, family_model),
             hookpoint_out=from_transformer_lens(hook_out, family_model) if hook_out != hook_in else None,
-            base_model_name_or_path=model,
+            base_model_name_or_path=family_model,  # the card then links the model the release names
             subtract_b_dec=bool(hp.get("apply_decoder_bias_to_pre_encoder", True) and use_bias),
             normalize_decoder=False,
             **extra,

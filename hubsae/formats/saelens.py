@@ -40,7 +40,7 @@ class SAELensFormat:
         cfg = _normalized_config(read_json(cfg_path), cfg_path)
         arch = cfg["architecture"]
         weights_path = folder.fetch("sae_weights.safetensors")
-        raw = to_float32(read_safetensors(weights_path))
+        raw = to_float32(read_safetensors(weights_path), weights_path)
         if "log_threshold" in raw and "threshold" not in raw:  # a training checkpoint
             raw["threshold"] = raw.pop("log_threshold").exp()
         _drop_unit_scaling_factor(raw, weights_path)

@@ -40,7 +40,7 @@ class SparsifyFormat:
         d_in = int(cfg["d_in"])
         d_sae = int(cfg.get("num_latents") or d_in * int(cfg.get("expansion_factor", 0)))
         weights_path = folder.fetch("sae.safetensors")
-        raw = to_float32(read_safetensors(weights_path))
+        raw = to_float32(read_safetensors(weights_path), weights_path)
         require(raw, ("encoder.weight", "encoder.bias", "W_dec", "b_dec"), weights_path, LAYOUT)
         if "W_skip" in raw:
             raise ValueError(f"{weights_path}: sparsify skip connections (W_skip) are not supported")

@@ -18,7 +18,16 @@ from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedMode
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .loading import CONFIG_NAME, check_loading_info, corrupt_file_error, resolve_file
+from .loading import (
+    NO_PICKLES,
+    check_config_fields,
+    check_finite_weights,
+    check_loading_info,
+    check_weight_dtypes,
+    corrupt_file_error,
+    read_config_dict,
+    weight_files,
+)
 
 INPUT_NORMS = ("none", "scale", "token")
 
@@ -40,9 +49,13 @@ class SAEConfig(PreTrainedConfig):
             mean activation norm is sqrt(d_in)).
         subtract_b_dec: subtract b_dec from the input before encoding (the "b_pre" of Gao et al.).
         check_finite: raise on NaN/Inf inputs instead of returning garbage features.
+
+    Loading is strict: a config.json must hold every field except those in
+    `defaults_safe_when_missing` (metadata and the input check, none of which changes the math).
     """
 
     model_type = "hubsae"
+    defaults_safe_when_missing = ("hookpoint", "hookpoint_out", "base_model_name_or_path", "check_finite")
     d_in: int = 64
     d_sae: int = 256
     hookpoint: str | None = None
@@ -134,13 +147,14 @@ class SAE(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, subfolder: str | None = None, **kwargs):
-        """Like `PreTrainedModel.from_pretrained`, but strict: no default config for a missing
-        config.json, no randomly initialized missing weights, no ignored extra weights."""
-        keys = ("revision", "token", "cache_dir", "local_files_only")
-        hub_kwargs = {k: kwargs[k] for k in keys if kwargs.get(k) is not None}
-        resolve_file(pretrained_model_name_or_path, CONFIG_NAME, subfolder, **hub_kwargs)
-        want_info = kwargs.pop("output_loading_info", False)
+        """Like `PreTrainedModel.from_pretrained`, but strict: no default config for a missing config.json
+        or a missing field in it, no randomly initialized missing weights, no ignored extra weights, no
+        cast of integer weights, no NaN/Inf weights, and safetensors only (never a pickle)."""
         where = f"{pretrained_model_name_or_path}" + (f"/{subfolder}" if subfolder else "")
+        if kwargs.pop("use_safetensors", True) is False:
+            raise ValueError(f"{where}: use_safetensors=False is not supported; {NO_PICKLES}")
+        cls._check_files(pretrained_model_name_or_path, subfolder, kwargs, where)
+        want_info = kwargs.pop("output_loading_info", False)
         try:
             model, info = super().from_pretrained(
                 pretrained_model_name_or_path,
@@ -148,6 +162,7 @@ class SAE(PreTrainedModel):
                 subfolder=subfolder or "",
                 output_loading_info=True,
                 ignore_mismatched_sizes=True,  # mismatches are reported by check_loading_info, naming each key
+                use_safetensors=True,
                 **kwargs,
             )
         except (SafetensorError, OSError) as e:
@@ -155,8 +170,19 @@ class SAE(PreTrainedModel):
                 raise corrupt_file_error(e, where) from e
             raise
         check_loading_info(info, where)
+        check_finite_weights(model.state_dict(), where)
         _own_aligned_storage(model)
         return (model, info) if want_info else model
+
+    @classmethod
+    def _check_files(cls, path_or_repo, subfolder: str | None, kwargs: dict, where: str) -> None:
+        """The config.json and weights checks transformers does not make (see `loading.py`)."""
+        keys = ("revision", "token", "cache_dir", "local_files_only")
+        hub_kwargs = {k: kwargs[k] for k in keys if kwargs.get(k) is not None}
+        data, config_path = read_config_dict(path_or_repo, subfolder, **hub_kwargs)
+        if not isinstance(kwargs.get("config"), PreTrainedConfig):  # a config object given replaces the file
+            check_config_fields(data, cls.config_class, config_path, given=kwargs)
+        check_weight_dtypes(weight_files(path_or_repo, subfolder, **hub_kwargs), where)
 
     # ---- input handling -------------------------------------------------------------------
 
@@ -167,11 +193,27 @@ class SAE(PreTrainedModel):
                 f"{type(self).__name__} expects inputs with last dimension d_in={self.config.d_in}{where}, "
                 f"got shape {tuple(x.shape)}"
             )
+        self.check_dtype(x)
         if self.config.check_finite and not torch.isfinite(x).all():
             raise ValueError(
                 f"{type(self).__name__} got NaN or Inf in its input of shape {tuple(x.shape)}; "
                 "features of non-finite activations are meaningless (set config.check_finite=False to skip this check)"
             )
+
+    def check_dtype(self, x: Tensor) -> None:
+        """Inputs in the SAE's dtype (under autocast, where matmuls cast themselves, any float dtype)."""
+        dtype = self.W_enc.dtype
+        if x.dtype == dtype or (x.is_floating_point() and torch.is_autocast_enabled(x.device.type)):
+            return
+        other = (
+            f" or the SAE (sae.to({x.dtype}), or from_pretrained(..., dtype={x.dtype}))"
+            if x.is_floating_point()
+            else ""
+        )
+        raise TypeError(
+            f"{type(self).__name__} has {dtype} weights but got {x.dtype} activations of shape {tuple(x.shape)}; "
+            f"cast the input (x.to({dtype})){other}"
+        )
 
     def normalize_input(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         """Apply the config's input normalization; returns the input and what `denormalize` needs."""

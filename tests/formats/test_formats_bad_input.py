@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import hubsae
 from hubsae import AutoSAE
@@ -95,3 +95,49 @@ def test_unsupported_variants_are_named(tmp_path):
     with pytest.raises(TypeError, match="does not take \\['revision_hint'\\]"):
         _saelens_files(tmp_path / "kw")
         AutoSAE.from_pretrained(tmp_path / "kw", revision_hint=1)
+
+
+def _rewrite_saelens_weights(folder, edit) -> None:
+    path = folder / "sae_weights.safetensors"
+    weights = load_file(path)
+    edit(weights)
+    save_file(weights, path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_converted_weights_with_nan_or_inf_are_refused_naming_the_tensor(bad, tmp_path):
+    _saelens_files(tmp_path)
+    _rewrite_saelens_weights(tmp_path, lambda w: w["W_dec"].view(-1).__setitem__(3, bad))
+    with pytest.raises(ValueError, match=r"sae_weights.safetensors: weight W_dec \(16, 8\).* holds 1 NaN or Inf"):
+        AutoSAE.from_pretrained(tmp_path)
+
+
+def test_nan_made_by_a_conversion_is_refused(tmp_path):
+    _saelens_files(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    cfg |= {"architecture": "topk", "k": 2, "rescale_acts_by_decoder_norm": True}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    _rewrite_saelens_weights(tmp_path, lambda w: w["W_dec"][5].zero_())  # folding divides by this row's norm
+    with pytest.raises(ValueError, match=r"converted to TopKSAE\): weight W_dec .* NaN or Inf"):
+        AutoSAE.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_converted_integer_or_bool_weights_are_refused_not_cast(dtype, tmp_path):
+    _saelens_files(tmp_path)
+    _rewrite_saelens_weights(tmp_path, lambda w: w.__setitem__("b_enc", w["b_enc"].to(dtype)))
+    with pytest.raises(ValueError, match=rf"not floating point: b_enc \({dtype}\)"):
+        AutoSAE.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["cfg.json", "hyperparams.json"])
+def test_format_config_that_is_not_a_json_object(name, tmp_path):
+    _saelens_files(tmp_path)
+    if name == "hyperparams.json":  # Llama Scope
+        (tmp_path / "cfg.json").unlink()
+        (tmp_path / "sae_weights.safetensors").unlink()
+        (tmp_path / "checkpoints").mkdir()
+        save_file({"encoder.weight": torch.zeros(16, 8)}, tmp_path / "checkpoints" / "final.safetensors")
+    (tmp_path / name).write_text("[1, 2]")
+    with pytest.raises(ValueError, match=rf"{name} must hold a JSON object.*got a JSON list"):
+        AutoSAE.from_pretrained(tmp_path)
