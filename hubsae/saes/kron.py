@@ -24,6 +24,7 @@ JumpReLU in place of TopK (`activation="jumprelu"`), as in the paper; `compositi
 Table 1 ablation: "mand", "relu_prod" (ReLU(u) ReLU(v)) or "raw_prod" (u v).
 """
 
+import itertools
 import math
 
 import torch
@@ -32,34 +33,23 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
+from ..ops import ENV_SWITCH, sparse_training_enabled
+from ..ops.kron import (
+    COMPOSITIONS,
+    announce_kron_path,
+    finalize,
+    grouped_decode,
+    keyed_topk,
+    kron_code,
+    pair_scores,
+)
+from ..ops.sparse_coding import auxk_from_decoded
 from .base import SAE, SAEOutput, auxk_loss, register
 from .jumprelu import jumprelu, step
 from .matryoshka import check_groups, prefix_mse_losses, weighted_prefix_mse
 from .topk import TopKSAE, TopKSAEConfig
 
-COMPOSITIONS = ("mand", "relu_prod", "raw_prod")
 ACTIVATIONS = ("topk", "jumprelu")
-
-
-def pair_scores(u: Tensor, v: Tensor, kind: str) -> Tensor:
-    """One pass over the pairs: a score whose order is the post-latents' order (for TopK).
-
-    mAND and ReLU(u)ReLU(v) both rank pairs by ReLU(u)ReLU(v); "raw_prod" by u v.
-    """
-    return u * v if kind == "raw_prod" else torch.relu(u) * torch.relu(v)
-
-
-def finalize(scores: Tensor, kind: str, eps: float) -> Tensor:
-    """Post-latent values from `pair_scores` (monotone, so it commutes with TopK).
-
-    mAND: sqrt(s + eps) where s = ReLU(u)ReLU(v) > 0, else exactly 0. The dead branch's sqrt
-    argument is replaced by 1 so that its (discarded) gradient stays finite even at eps = 0:
-    torch.where's backward would otherwise multiply an inf by 0.
-    """
-    if kind != "mand":
-        return scores
-    active = scores > 0
-    return torch.where(active, torch.sqrt(torch.where(active, scores, 1.0) + eps), 0.0)
 
 
 def mand(u: Tensor, v: Tensor, eps: float = 1e-5) -> Tensor:
@@ -193,20 +183,41 @@ class KronSAE(TopKSAE):
         return super().activation(pre_acts)
 
     def sparse_topk(self, scores: Tensor) -> tuple[Tensor, Tensor]:
-        """(values, indices) of the global TopK, with mAND's sqrt applied to the k winners only."""
-        top, indices = scores.topk(self.config.k, dim=-1, sorted=False)
-        return torch.relu(finalize(top, self.config.composition, self.config.mand_eps)), indices
+        """Dense reference: (values, indices) of the global TopK over all F scores (lower index first
+        on ties, like the sparse path), with mAND's sqrt applied to the k winners only."""
+        flat = scores.reshape(-1, scores.shape[-1])
+        positions = keyed_topk(flat.detach(), torch.arange(flat.shape[-1], device=flat.device), self.config.k)
+        top = flat.gather(1, positions).reshape(*scores.shape[:-1], -1)
+        return torch.relu(finalize(top, self.config.composition, self.config.mand_eps)), positions.view_as(top)
+
+    def dense_reason(self) -> str | None:
+        """Why this model trains through the dense path, or None for the sparse Kron path."""
+        if self.config.activation != "topk":
+            return "JumpReLU thresholds every post-latent (its L0 loss and threshold gradient read all F of them)"
+        if not sparse_training_enabled():
+            return f"{ENV_SWITCH}=0"
+        return None
+
+    def kron_code(self, x_ND: Tensor, dead_mask: Tensor | None = None, k_aux: int = 0):
+        """`hubsae.ops.kron.kron_code` on flattened normalized x: (values, indices, aux values, aux indices)."""
+        cfg = self.config
+        x_in = x_ND - self.b_dec if cfg.subtract_b_dec else x_ND
+        shape = (cfg.num_heads, cfg.m, cfg.n, cfg.k)
+        return kron_code(x_in, self.W_enc, self.b_enc, shape, cfg.composition, cfg.mand_eps, dead_mask, k_aux)
 
     def encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(indices, values) of the active post-latents, each (..., k); pairs with `decode_sparse`.
 
+        TopK selects through the head maxima (`hubsae.ops.kron`), never scoring all F post-latents.
         With JumpReLU the width is the largest L0 over the given tokens (shorter codes padded with
         zero values), since a threshold code has no fixed k.
         """
         if self.config.activation == "topk":
             self.check_input(x)
-            values, indices = self.sparse_topk(self.pair_scores(self.normalize_input(x)[0]))
-            return indices, values
+            x_norm = self.normalize_input(x)[0]
+            values, indices, _, _ = self.kron_code(x_norm.reshape(-1, self.config.d_in))
+            lead = (*x.shape[:-1], self.config.k)
+            return indices.view(lead), values.view(lead)
         dense = self.encode(x)
         width = int((dense != 0).sum(-1).max()) if dense.numel() else 0
         values, indices = dense.topk(width, dim=-1, sorted=False)
@@ -219,10 +230,47 @@ class KronSAE(TopKSAE):
         return values.new_zeros(*values.shape[:-1], self.config.d_sae).scatter_(-1, indices, values)
 
     def forward(self, hidden_states: Tensor, compute_losses: bool | None = None, **loss_kwargs) -> SAEOutput:
-        """With TopK, the k winners are picked on the one-pass pair scores and decoded sparsely;
-        mAND's sqrt and the dense z (for AuxK, only when latents are dead) cost nothing otherwise."""
+        """TopK runs the sparse Kron path (selection through head maxima, k-sparse decode and
+        backward); JumpReLU, or HUBSAE_SPARSE_TRAIN=0, the dense one (logged once)."""
+        wants_losses = compute_losses if compute_losses is not None else self.training
+        reason = self.dense_reason()
+        if wants_losses:
+            announce_kron_path(type(self).__name__, reason)
+        if reason is None:
+            return self.sparse_forward(hidden_states, wants_losses, loss_kwargs.get("dead_mask"))
         if self.config.activation != "topk":
             return super().forward(hidden_states, compute_losses, **loss_kwargs)
+        return self.dense_forward(hidden_states, wants_losses, **loss_kwargs)
+
+    def sparse_forward(self, hidden_states: Tensor, wants_losses: bool, dead_mask: Tensor | None) -> SAEOutput:
+        """`forward` through `hubsae.ops.kron`: same losses and gradients as `dense_forward`, O(k) per token
+        after the encoder GEMM (features are the one (N, F) tensor, detached, as in TopK's sparse path)."""
+        cfg = self.config
+        self.check_input(hidden_states)
+        x, stats = self.normalize_input(hidden_states)
+        lead, x_ND = x.shape[:-1], x.reshape(-1, cfg.d_in)
+        k_aux = cfg.resolved_k_aux if wants_losses else 0
+        values, indices, aux_values, aux_indices = self.kron_code(x_ND, dead_mask, k_aux)
+        bounds = list(itertools.accumulate(cfg.group_sizes))[:-1] if cfg.group_sizes and wants_losses else None
+        parts_GND = grouped_decode(indices, values, self.W_dec, bounds)  # each Matryoshka group's decode
+        x_hat_ND = parts_GND.sum(0) + self.b_dec
+        feats_NF = values.new_zeros(x_ND.shape[0], cfg.d_sae).scatter_(1, indices, values.detach())
+        losses = loss = None
+        if wants_losses:
+            losses = {"mse": (x_ND - x_hat_ND).pow(2).sum(-1).mean()}
+            if bounds is not None:
+                prefixes = parts_GND.cumsum(0) + self.b_dec  # (G, N, d): reconstruction of each prefix
+                prefix = (x_ND - prefixes).pow(2).sum(-1).mean(-1)
+                losses["prefix_mse"] = weighted_prefix_mse(prefix, cfg.group_weights)
+            aux_ND = grouped_decode(aux_indices, aux_values, self.W_dec)[0] if aux_indices is not None else None
+            losses["auxk"] = auxk_from_decoded(x_ND - x_hat_ND, aux_ND)
+            weights = cfg.loss_weights()
+            loss = sum(weights[name] * value for name, value in losses.items())
+        x_hat = self.denormalize(x_hat_ND.reshape(*lead, cfg.d_in), stats)
+        return SAEOutput(reconstruction=x_hat, features=feats_NF.reshape(*lead, -1), loss=loss, losses=losses)
+
+    def dense_forward(self, hidden_states: Tensor, wants_losses: bool, **loss_kwargs) -> SAEOutput:
+        """The reference path: (N, F) pair scores, a TopK over all of them, dense features."""
         self.check_input(hidden_states)
         x, stats = self.normalize_input(hidden_states)
         scores = self.pair_scores(x)
@@ -236,7 +284,7 @@ class KronSAE(TopKSAE):
         )
         feats = torch.zeros_like(scores).scatter(-1, indices, values)
         losses = loss = None
-        if compute_losses if compute_losses is not None else self.training:
+        if wants_losses:
             dead = loss_kwargs.get("dead_mask")
             pre = self.pre_acts(x) if dead is not None and bool(dead.any()) else scores  # AuxK reads it only then
             losses = self.losses(x, pre, feats, x_hat, **loss_kwargs)

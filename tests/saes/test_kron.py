@@ -211,3 +211,189 @@ def test_fast_topk_path_equals_dense_z_path_with_gradients(kind):
     dense_mse = (x - (dense_feats @ sae.W_dec + sae.b_dec)).pow(2).sum(-1).mean()
     (g_dense,) = torch.autograd.grad(dense_mse, sae.W_enc)
     torch.testing.assert_close(g_fast, g_dense, rtol=1e-5, atol=1e-6)
+
+
+# ---- the sparse Kron path (hubsae.ops.kron) against an independent dense computation -------------
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+KINDS = ["mand", "relu_prod", "raw_prod"]
+
+
+def dense_topk_acts(z: torch.Tensor, k: int) -> torch.Tensor:
+    """ReLU'd TopK of each row of z over all its columns, the lower column first on ties."""
+    order = torch.sort(z.detach(), dim=-1, descending=True, stable=True).indices[:, :k]
+    return torch.zeros_like(z).scatter(1, order, torch.relu(z.gather(1, order)))
+
+
+def dense_reference(sae, x: torch.Tensor, dead_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Every loss of a KronSAE step written out densely: (N, F) z, a sorted TopK, f @ W_dec."""
+    cfg = sae.config
+    x_in = x - sae.b_dec if cfg.subtract_b_dec else x
+    uv = (x_in @ sae.W_enc + sae.b_enc).reshape(len(x), cfg.num_heads, cfg.m + cfg.n)
+    u, v = uv[..., : cfg.m, None], uv[..., None, cfg.m :]
+    if cfg.composition == "raw_prod":
+        z = u * v
+    else:
+        s = torch.relu(u) * torch.relu(v)
+        z = s if cfg.composition == "relu_prod" else torch.where(s > 0, torch.sqrt(torch.where(s > 0, s, 1) + 1e-5), 0)
+    z = z.reshape(len(x), cfg.d_sae)
+    f = dense_topk_acts(z, cfg.k)
+    x_hat = f @ sae.W_dec + sae.b_dec
+    out = {"mse": (x - x_hat).pow(2).sum(-1).mean(), "features": f.detach(), "reconstruction": x_hat}
+    if cfg.group_sizes is not None:
+        ends = torch.tensor(cfg.group_sizes).cumsum(0).tolist()
+        prefix = [(x - (f[:, :e] @ sae.W_dec[:e] + sae.b_dec)).pow(2).sum(-1).mean() for e in ends]
+        out["prefix_mse"] = torch.stack(prefix).mean()
+    out["auxk"] = x.new_zeros(())
+    if dead_mask is not None and dead_mask.any():
+        e = (x - x_hat).detach()
+        aux = dense_topk_acts(torch.where(dead_mask, z, -torch.inf), min(cfg.resolved_k_aux, int(dead_mask.sum())))
+        aux = torch.nan_to_num(aux, neginf=0.0)
+        out["auxk"] = (e - aux @ sae.W_dec).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean()
+    weights = cfg.loss_weights()
+    out["loss"] = sum(weights[name] * out[name] for name in weights)
+    return out
+
+
+def kron_problem(kind: str, case: str, device: str = "cpu", **overrides):
+    """A KronSAE (d 12, h 4, m 2, n 4, F 32, k 5) and input: random, with tied post-latents
+    across the top-k boundary, or with fewer than k positive post-latents per token."""
+    cfg = dict(d_in=12, d_sae=32, num_heads=4, m=2, n=4, k=5, k_aux=7, composition=kind)
+    sae = make(**{**cfg, **overrides})
+    torch.manual_seed(3)
+    x = torch.randn(24, 12) * 2
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.4)
+        sae.b_enc.normal_(0, 0.2)
+        sae.b_dec.normal_(0, 0.3)
+        if case == "ties":  # head 1 copies head 0 and base 1 copies base 0: each score of head 0 comes 4 times
+            sae.W_enc[:, 6:12] = sae.W_enc[:, 0:6]
+            sae.W_enc[:, 1] = sae.W_enc[:, 0]
+            sae.W_enc[:, 7] = sae.W_enc[:, 0]
+            sae.b_enc[6:12] = sae.b_enc[0:6]
+            sae.b_enc[[0, 1, 6, 7]] = 3.0  # base 0 (x4) dominates, so its tied copies straddle the k boundary
+            sae.W_enc[:, 12:] *= 0.1
+        if case == "few":  # bases mostly negative, extensions mostly positive: few positive products
+            base = torch.tensor([c % 6 < 2 for c in range(24)])
+            sae.b_enc[base] = -1.0
+            sae.b_enc[~base] = 1.0
+            sae.W_enc.mul_(0.2)
+    return sae.to(device).train(), x.to(device)
+
+
+def sparse_step(sae, x, dead_mask, monkeypatch, sparse: bool = True):
+    monkeypatch.setenv("HUBSAE_SPARSE_TRAIN", "1" if sparse else "0")
+    sae.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    out = sae(x, dead_mask=dead_mask)
+    out.loss.backward()
+    return out, {name: p.grad.clone() for name, p in sae.named_parameters()}, x.grad
+
+
+def reference_step(sae, x, dead_mask):
+    sae.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    ref = dense_reference(sae, x, dead_mask)
+    ref["loss"].backward()
+    return ref, {name: p.grad.clone() for name, p in sae.named_parameters()}, x.grad
+
+
+def assert_same_step(sae, x, dead_mask, monkeypatch, sparse: bool = True):
+    out, grads, dx = sparse_step(sae, x, dead_mask, monkeypatch, sparse)
+    ref, ref_grads, ref_dx = reference_step(sae, x, dead_mask)
+    tol = dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.features, ref["features"], **tol)
+    torch.testing.assert_close(out.reconstruction, ref["reconstruction"], **tol)
+    for name, value in out.losses.items():
+        torch.testing.assert_close(value, ref[name], **tol, msg=lambda m, n=name: f"loss {n}: {m}")
+    torch.testing.assert_close(out.loss, ref["loss"], **tol)
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(grads[name], grad, **tol, msg=lambda m, n=name: f"grad of {n}: {m}")
+    torch.testing.assert_close(dx, ref_dx, **tol)
+    return ref
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["random", "ties", "few"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_sparse_kron_path_equals_dense_reference(kind, case, device, monkeypatch):
+    sae, x = kron_problem(kind, case, device)
+    ref = assert_same_step(sae, x, None, monkeypatch)
+    active = (ref["features"] > 0).sum(-1)
+    if case == "few":
+        assert (active < sae.config.k).any() and (active > 0).any()
+    if case == "ties":  # a tied value both inside and outside the top k of some token
+        z = sae.pre_acts(x).detach()
+        kth = ref["features"].topk(sae.config.k, -1).values[:, -1:]
+        assert ((z == kth).sum(-1) > (ref["features"] == kth).sum(-1)).any()
+    assert_same_step(sae, x, None, monkeypatch, sparse=False)  # the model's own dense path agrees too
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dead", ["few", "half"])
+@pytest.mark.parametrize("subtract_b_dec", [False, True])
+def test_sparse_kron_auxk_and_b_dec_equal_dense_reference(kind, dead, subtract_b_dec, monkeypatch):
+    sae, x = kron_problem(kind, "random", subtract_b_dec=subtract_b_dec)
+    gen = torch.Generator().manual_seed(5)
+    dead_mask = torch.randperm(32, generator=gen) < 4 if dead == "few" else torch.rand(32, generator=gen) < 0.5
+    ref = assert_same_step(sae, x, dead_mask, monkeypatch)
+    assert ref["auxk"] > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", ["random", "ties"])
+def test_sparse_kron_matryoshka_groups_equal_dense_reference(kind, case, monkeypatch):
+    sae, x = kron_problem(kind, case, group_sizes=[8, 8, 16])
+    dead_mask = torch.rand(32, generator=torch.Generator().manual_seed(6)) < 0.3
+    ref = assert_same_step(sae, x, dead_mask, monkeypatch)
+    assert "prefix_mse" in ref
+
+
+def test_sparse_kron_path_saves_nothing_dense(monkeypatch):
+    """Autograd keeps nothing (N, F)-sized between the forward and the backward of the sparse path."""
+    sae, x = kron_problem("mand", "random", group_sizes=[8, 24])
+    shapes = []
+
+    def pack(t):
+        shapes.append(tuple(t.shape))
+        return t
+
+    monkeypatch.setenv("HUBSAE_SPARSE_TRAIN", "1")
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        sae(x, dead_mask=torch.rand(32) < 0.5).loss.backward()
+    assert shapes and (24, 32) not in shapes, shapes
+
+
+def test_sparse_kron_path_logs_its_route(caplog, monkeypatch):
+    import logging
+
+    from hubsae.ops.kron import announce_kron_path
+
+    announce_kron_path.cache_clear()
+    monkeypatch.setenv("HUBSAE_SPARSE_TRAIN", "1")
+    with caplog.at_level(logging.INFO, logger="hubsae.ops.kron"):
+        make().train()(torch.randn(4, 12))
+        make(activation="jumprelu").train()(torch.randn(4, 12))
+    assert "sparse Kron path" in caplog.text and "dense path: JumpReLU" in caplog.text
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_head_maxima_select_the_dense_topk_at_scale(kind):
+    """Many heads, k > m*n, and ties from zeros: the sparse selection equals a sorted dense TopK."""
+    from hubsae.ops.kron import factor_columns, pair_values, select_pairs
+
+    h, m, n, k = 96, 4, 8, 40
+    gen = torch.Generator().manual_seed(8)
+    uv = torch.randn(50, h * (m + n), generator=gen) - 0.5
+    uv[:5] = -1.0  # tokens with no positive ReLU pair at all
+    indices = select_pairs(uv, h, m, n, k, kind)
+    uv3 = uv.view(50, h, m + n)
+    u, v = uv3[..., :m, None], uv3[..., None, m:]
+    z = (u * v if kind == "raw_prod" else torch.relu(u) * torch.relu(v)).reshape(50, -1)
+    expect = torch.sort(z, dim=-1, descending=True, stable=True).indices[:, :k]
+    if kind == "raw_prod":  # raw scores are all distinct: the very same indices
+        assert torch.equal(indices.sort(-1).values, expect.sort(-1).values)
+    cu, cv = factor_columns(indices, m, n)
+    got = pair_values(uv.gather(1, cu), uv.gather(1, cv), "relu_prod" if kind == "mand" else kind, 0.0)
+    torch.testing.assert_close(got.sort(-1).values, torch.relu(z.gather(1, expect)).sort(-1).values, rtol=0, atol=0)
