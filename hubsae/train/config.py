@@ -7,6 +7,7 @@ dict field) applies on top of the recipe.
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,20 @@ LR_DECAYS = ("none", "linear", "cosine")
 DISTRIBUTE = ("auto", "data", "hookpoints")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 METHODS = ("adam", "pam_sgd")
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+TRACKERS = ("auto", "tensorboard", "wandb")
+# the numeric ranges of TrainConfig's fields (cross-field checks are in `validate`)
+POSITIVE = (
+    "expansion_factor", "context_length", "model_batch_size", "buffer_contexts", "batch_size",
+    "grad_accum_steps", "max_tokens", "adam_eps", "dead_window_tokens", "norm_estimation_batches",
+    "ortho_chunk_size", "ortho_every", "keep_checkpoints",
+)  # fmt: skip
+POSITIVE_OR_NONE = ("d_sae", "lr", "max_grad_norm", "ortho_chunks")
+NON_NEGATIVE = (
+    "weight_decay", "lr_warmup_steps", "sparsity_warmup_steps", "ortho_coefficient", "seed",
+    "checkpoint_every", "log_every",
+)  # fmt: skip
+FRACTIONS = ("lr_decay_start", "min_lr_ratio")  # in [0, 1]
 # keys that may change between a checkpoint and its resumption without changing the math
 RESUMABLE_CHANGES = {"checkpoint_every", "keep_checkpoints", "log_every", "log_with", "progress_bar", "output_dir"}
 
@@ -167,7 +182,7 @@ class TrainConfig(Recipe):
     keep_checkpoints: int = 2
     """Most recent checkpoints kept."""
     log_every: int = 50
-    """Steps between metric logs (MSE, FVU, L0, dead %)."""
+    """Steps between metric logs (MSE, FVU, L0, dead %); 0: only at the end."""
     log_with: list[str] = field(default_factory=lambda: ["auto"])
     """Trackers: "tensorboard", "wandb", or "auto" (TensorBoard when installed); installed ones only."""
     progress_bar: bool = True
@@ -178,20 +193,26 @@ class TrainConfig(Recipe):
             if not cond:
                 raise ValueError(f"TrainConfig: {msg}")
 
+        check_ranges(self)
         need(bool(self.hookpoints), "hookpoints must list at least one hookpoint")
+        need(all(self.hookpoints), f"hookpoints must be module paths, got an empty one in {self.hookpoints}")
         need(len(set(self.hookpoints)) == len(self.hookpoints), f"hookpoints has duplicates: {self.hookpoints}")
         need(bool(self.dataset) or bool(self.activation_cache), "dataset (or activation_cache) must be set")
-        for name in ("context_length", "model_batch_size", "buffer_contexts", "batch_size", "grad_accum_steps"):
-            need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("model", "architecture", "dataset_glob", "dataset_split", "dataset_text_column", "output_dir"):
+            need(bool(getattr(self, name)), f"{name} must not be empty")
+        need(
+            self.context_length >= 2 or not self.prepend_bos,
+            f"context_length={self.context_length} leaves no text after BOS (prepend_bos: true); use at least 2",
+        )
         need(self.max_tokens >= self.batch_size * self.grad_accum_steps, "max_tokens is less than one optimizer step")
+        need(self.model_dtype in MODEL_DTYPES, f"model_dtype={self.model_dtype!r} is not one of {MODEL_DTYPES}")
         need(self.lr_decay in LR_DECAYS, f"lr_decay={self.lr_decay!r} is not one of {LR_DECAYS}")
         need(self.distribute in DISTRIBUTE, f"distribute={self.distribute!r} is not one of {DISTRIBUTE}")
         need(self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}")
         need(self.method in METHODS, f"method={self.method!r} is not one of {METHODS}")
-        need(0.0 <= self.lr_decay_start <= 1.0, "lr_decay_start must be in [0, 1]")
+        need(set(self.log_with) <= set(TRACKERS), f"log_with={self.log_with} may only hold {TRACKERS}")
         need(len(self.adam_betas) == 2, f"adam_betas needs two values, got {self.adam_betas}")
-        need(self.norm_estimation_batches > 0, "norm_estimation_batches must be positive")
-        need(self.ortho_coefficient >= 0 and self.ortho_every >= 1, "ortho_coefficient must be >= 0, ortho_every >= 1")
+        need(all(0 <= b < 1 for b in self.adam_betas), f"adam_betas must each be in [0, 1), got {self.adam_betas}")
         need(not self.pam or self.method == "pam_sgd", "pam coefficients are set but method is not 'pam_sgd'")
         need(
             self.method != "pam_sgd" or self.grad_accum_steps == 1,
@@ -201,6 +222,20 @@ class TrainConfig(Recipe):
     @property
     def steps(self) -> int:
         return self.max_tokens // (self.batch_size * self.grad_accum_steps)
+
+
+def check_ranges(config: TrainConfig) -> None:
+    """Each numeric field in its range (and finite): a ValueError naming the field and its value."""
+    rules = [(POSITIVE, "positive", lambda v: v > 0), (NON_NEGATIVE, ">= 0", lambda v: v >= 0)]
+    rules += [(FRACTIONS, "in [0, 1]", lambda v: 0 <= v <= 1)]
+    rules += [(POSITIVE_OR_NONE, "positive (or null for the default)", lambda v: v is None or v > 0)]
+    for names, want, ok in rules:
+        for name in names:
+            value = getattr(config, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"TrainConfig: {name} must be a finite number ({want}), got {value!r}")
+            if not ok(value):
+                raise ValueError(f"TrainConfig: {name} must be {want}, got {value!r}")
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
