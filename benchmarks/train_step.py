@@ -11,13 +11,18 @@ dense). On CUDA the step runs under bf16 autocast and the "3-GEMM bound" (a thir
     hubsae-batch   BatchTopKSAE, sparse path
     sae-lens       TopKTrainingSAE.training_forward_pass (sae-lens' defaults otherwise)
     sparsify       SparseCoder.forward, loss = fvu + auxk / 32 (EleutherAI sparsify's training loss)
+    kron-MxN       KronSAE, h = F/(m*n) heads of (m, n) pre-latents, the sparse Kron path (hubsae.ops.kron)
+
+"vs hubsae" is the step-time ratio to hubsae's TopK at the same shape (> 1: faster). With
+--rounds R every contender runs once per round, in turn, and the median pools all rounds' steps,
+so that a load spike from other processes hits every contender alike.
 
 The peers are optional: a contender whose import fails prints "not installed". They live in a
 separate venv, e.g. `python3 -m venv /work/venv-peers && /work/venv-peers/bin/pip install
 torch sae-lens eai-sparsify && /work/venv-peers/bin/pip install -e . --no-deps`; run this file
 with that venv's python. No dead latents (AuxK off) unless --dead-frac marks some dead for all.
 
-    python benchmarks/train_step.py                  # CPU: 576/4608/32 and 576/18432/32, 2048 tokens
+    python benchmarks/train_step.py                  # CPU: 576/{4608,18432,65536}/32, 2048 tokens
     python benchmarks/train_step.py --device cuda    # the three H100 shapes, 8192 tokens, bf16 autocast
     python benchmarks/train_step.py --check          # also: sparse vs plain loss and gradients at each shape
 """
@@ -35,9 +40,13 @@ from collections.abc import Callable
 
 import torch
 
-SHAPES = {"cpu": [(576, 4608, 32), (576, 18432, 32)], "cuda": [(2048, 65536, 64), (2304, 16384, 64), (576, 18432, 32)]}
+SHAPES = {
+    "cpu": [(576, 4608, 32), (576, 18432, 32), (576, 65536, 32)],
+    "cuda": [(2048, 65536, 64), (2304, 16384, 64), (576, 18432, 32)],
+}
 TOKENS = {"cpu": 2048, "cuda": 8192}
-CONTENDERS = ("hubsae", "hubsae-plain", "hubsae-batch", "sae-lens", "sparsify")
+KRON = {"kron-2x4": (2, 4), "kron-4x4": (4, 4), "kron-4x8": (4, 8)}
+CONTENDERS = ("hubsae", "hubsae-plain", "hubsae-batch", "sae-lens", "sparsify", *KRON)
 
 
 # ---- contenders: each returns (module, loss_fn(x) -> scalar loss) ----------------------------
@@ -65,6 +74,18 @@ def hubsae_plain(d: int, F: int, k: int, device: str, dead=None):
             os.environ.pop(ENV_SWITCH) if old is None else os.environ.__setitem__(ENV_SWITCH, old)
 
     return sae, loss_fn
+
+
+def hubsae_kron(m: int, n: int) -> Callable:
+    """A builder for KronSAE with (m, n) pre-latents per head and F / (m n) heads."""
+
+    def build(d: int, F: int, k: int, device: str, dead=None):
+        from hubsae.saes import KronSAE, KronSAEConfig
+
+        sae = KronSAE(KronSAEConfig(d_in=d, d_sae=F, k=k, num_heads=F // (m * n), m=m, n=n)).to(device).train()
+        return sae, lambda x: sae(x, dead_mask=dead).loss
+
+    return build
 
 
 def saelens_topk(d: int, F: int, k: int, device: str, dead=None):
@@ -97,6 +118,7 @@ BUILDERS: dict[str, Callable] = {
     "hubsae-batch": lambda d, F, k, device, dead=None: hubsae_topk(d, F, k, device, dead, batch=True),
     "sae-lens": saelens_topk,
     "sparsify": sparsify_topk,
+    **{name: hubsae_kron(m, n) for name, (m, n) in KRON.items()},
 }
 
 
@@ -191,7 +213,25 @@ def run_contender(name: str, shape, batches, device: str, warmup: int, steps: in
         return {"name": name, "error": f"not installed ({e.name or e})"}
     peak = torch.cuda.max_memory_allocated() - base if device == "cuda" else rss.peak - rss.base
     del module, loss_fn
-    return {"name": name, "step_s": statistics.median(times), "peak_mib": peak / 2**20}
+    return {"name": name, "times": times, "peak_mib": peak / 2**20}
+
+
+def run_rounds(names, shape, batches, device: str, warmup: int, steps: int, rounds: int, dead=None) -> dict:
+    """Every contender once per round, in turn: {name: {"step_s": pooled median, "peak_mib": max} or {"error"}}."""
+    pooled: dict[str, dict] = {}
+    for _ in range(rounds):
+        for name in names:
+            r = run_contender(name, shape, batches, device, warmup, steps, dead)
+            if "error" in r:
+                pooled[name] = r
+                continue
+            acc = pooled.setdefault(name, {"times": [], "peak_mib": 0.0})
+            acc["times"] += r["times"]
+            acc["peak_mib"] = max(acc["peak_mib"], r["peak_mib"])
+    return {
+        name: r if "error" in r else {"step_s": statistics.median(r["times"]), "peak_mib": r["peak_mib"]}
+        for name, r in pooled.items()
+    }
 
 
 def real_batches(path: str, layer: int, n_tok: int, count: int, device: str) -> list[torch.Tensor]:
@@ -228,11 +268,12 @@ def gemm_bound(shape, n_tok: int, device: str, reps: int = 5) -> float:
     return n_tok / statistics.median(times[1:])
 
 
-def check_equivalence(shape, x, device: str) -> str:
-    """Sparse vs plain hubsae TopK on one batch: worst relative error of the loss and each gradient."""
+def check_equivalence(shape, x, device: str, builder: Callable = hubsae_topk) -> str:
+    """Sparse vs plain (dense) path of one hubsae SAE on one batch: worst relative error of the loss
+    and each gradient. HUBSAE_SPARSE_TRAIN switches TopK's and KronSAE's paths alike."""
     from hubsae.ops import ENV_SWITCH
 
-    sae, loss_fn = hubsae_topk(*shape, device)
+    sae, loss_fn = builder(*shape, device)
     results = []
     for flag in ("0", "1"):
         os.environ[ENV_SWITCH] = flag
@@ -257,7 +298,8 @@ def main():
     parser.add_argument("--tokens", type=int, help="tokens per step (default 2048 on CPU, 8192 on CUDA)")
     parser.add_argument("--contenders", nargs="*", default=list(CONTENDERS), choices=CONTENDERS)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, help="timed steps (default 5 on CPU, 20 on CUDA)")
+    parser.add_argument("--steps", type=int, help="timed steps per round (default 5 on CPU, 20 on CUDA)")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds over all contenders")
     parser.add_argument("--real", metavar="TEXT_FILE", help="SmolLM2 activations on this text instead of random ones")
     parser.add_argument("--layer", type=int, default=6, help="SmolLM2 layer for --real (d_in 576)")
     parser.add_argument("--dead-frac", type=float, default=0.0, help="fraction of latents marked dead (AuxK runs)")
@@ -277,14 +319,14 @@ def main():
     print(
         f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, {n_tok} tokens/step, {data}"
     )
-    print("| d_in / F / k | contender | tok/s | step ms | peak MiB | % of enc-GEMM bound |")
-    print("|---|---|---|---|---|---|")
+    print("| d_in / F / k | contender | tok/s | step ms | peak MiB | % of enc-GEMM bound | vs hubsae |")
+    print("|---|---|---|---|---|---|---|")
     for shape in shapes:
         gen = torch.Generator().manual_seed(0)
         batches = [torch.randn(n_tok, shape[0], generator=gen).to(device) for _ in range(2)]
         if real is not None:
             if real[0].shape[-1] != shape[0]:
-                print(f"| {'/'.join(map(str, shape))} | skipped: --real gives d_in {real[0].shape[-1]} | | | | |")
+                print(f"| {'/'.join(map(str, shape))} | skipped: --real gives d_in {real[0].shape[-1]} | | | | | |")
                 continue
             batches = real
         bound = gemm_bound(shape, n_tok, device)
@@ -293,18 +335,23 @@ def main():
             dead = (torch.rand(shape[1], generator=gen) < args.dead_frac).to(device)
         label = "/".join(map(str, shape))
         extra = f", 3-GEMM bound {bound / 3:,.0f}" if device == "cuda" else ""
-        print(f"| {label} | enc-GEMM bound | {bound:,.0f} | {1e3 * n_tok / bound:.1f} | | 100%{extra} |")
-        for name in args.contenders:
-            r = run_contender(name, shape, batches, device, args.warmup, steps, dead)
+        print(f"| {label} | enc-GEMM bound | {bound:,.0f} | {1e3 * n_tok / bound:.1f} | | 100%{extra} | |")
+        results = run_rounds(args.contenders, shape, batches, device, args.warmup, steps, args.rounds, dead)
+        topk_s = results.get("hubsae", {}).get("step_s")
+        for name, r in results.items():
             if "error" in r:
-                print(f"| {label} | {name} | {r['error']} | | | |")
+                print(f"| {label} | {name} | {r['error']} | | | | |")
                 continue
             tps = n_tok / r["step_s"]
+            ratio = f"{topk_s / r['step_s']:.2f}x" if topk_s else ""
             print(
-                f"| {label} | {name} | {tps:,.0f} | {1e3 * r['step_s']:.1f} | {r['peak_mib']:,.0f} | {100 * tps / bound:.0f}% |"
+                f"| {label} | {name} | {tps:,.0f} | {1e3 * r['step_s']:.1f} | {r['peak_mib']:,.0f} "
+                f"| {100 * tps / bound:.0f}% | {ratio} |"
             )
         if args.check:
             print(f"check {label}: {check_equivalence(shape, batches[0], device)}")
+            if shape[1] % 32 == 0:
+                print(f"check kron-4x8 {label}: {check_equivalence(shape, batches[0], device, hubsae_kron(4, 8))}")
 
 
 if __name__ == "__main__":
