@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     config = demo_config(args)
     model, tokenizer = load_smollm2()
-    Trainer(config, model=model, tokenizer=tokenizer).train()
+    Trainer(config, model=model, tokenizer=tokenizer).train(overwrite=True)  # each demo run replaces the last
     hookpoint = config.hookpoints[0]
     folder = f"{config.output_dir}/{hookpoint}"
     sae = AutoSAE.from_pretrained(folder).eval()

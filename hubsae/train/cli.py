@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CHECKPOINT",
         help="continue from the latest checkpoint in output_dir (or from the given checkpoint folder)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a previous run in output_dir (refused by default: its SAEs and checkpoints would be lost)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -37,5 +42,5 @@ def run(args: argparse.Namespace) -> None:
 
     config = TrainConfig.from_yaml(args.recipe, args.override)
     trainer = Trainer(config)
-    trainer.train(resume=args.resume)
+    trainer.train(resume=args.resume, overwrite=args.overwrite)
     exit_after_distributed(trainer.accelerator)

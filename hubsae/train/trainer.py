@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from itertools import chain, islice
@@ -158,10 +159,17 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
 
-    def train(self, resume: bool | str | os.PathLike = False) -> dict[str, SAE]:
-        """Train to `config.max_tokens`; `resume=True` continues from the latest checkpoint (if any)."""
+    def train(self, resume: bool | str | os.PathLike = False, overwrite: bool = False) -> dict[str, SAE]:
+        """Train to `config.max_tokens`; `resume=True` continues from the latest checkpoint (if any).
+
+        An `output_dir` that already holds a run (finished SAEs or checkpoints) is refused unless
+        resuming or `overwrite=True`, and it must be writable before the first step, not after the last.
+        """
         cfg, acc = self.config, self.accelerator
         resume_from = self._resume_path(resume)
+        if acc.is_main_process:
+            self._check_output_dir(resuming=resume_from is not None, overwrite=overwrite)
+        acc.wait_for_everyone()
         bundle, optimizer, scheduler, batches = self._setup(resume_from)
         log = make_logger(acc, self.trackers, cfg, local=not self.data_parallel and self.world > 1)
         bar = tqdm(
@@ -186,10 +194,23 @@ class Trainer:
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save_checkpoint(optimizer, scheduler)
         bar.close()
-        self.save_checkpoint(optimizer, scheduler)
-        self.save_saes()
+        self._save_final(optimizer, scheduler)
         acc.end_training()
         return self.saes
+
+    def _save_final(self, optimizer, scheduler) -> None:
+        """The last checkpoint and the SAEs; if output_dir fails now, the weights go elsewhere, not away."""
+        try:
+            self.save_checkpoint(optimizer, scheduler)
+            self.save_saes()
+        except OSError as err:
+            rescue = Path(tempfile.mkdtemp(prefix="hubsae-rescued-"))
+            for name, sae in self._saes_to_save().items():
+                ckpt.save_sae(sae, rescue / f"rank{self.rank}" / name)
+            raise OSError(
+                f"saving the trained SAEs into {self.config.output_dir!r} failed ({err}); "
+                f"they were saved to {rescue} instead"
+            ) from err
 
     def _train_step(self, bundle, optimizer, scheduler, batches) -> dict[str, float] | None:
         cfg, acc = self.config, self.accelerator
@@ -207,7 +228,7 @@ class Trainer:
                 with acc.autocast():
                     outs = bundle(batch, self.tracker.dead_masks())
                     loss = self._total_loss(outs, sparsity)
-                self._check_finite(loss)
+                self._check_finite(loss, outs)
                 acc.backward(loss / cfg.grad_accum_steps)
             fired = {h: (o.features != 0).reshape(-1, o.features.shape[-1]).any(0) for h, o in outs.items()}
             self.tracker.update(fired, cfg.batch_size, acc if self.data_parallel else None)
@@ -245,18 +266,52 @@ class Trainer:
             total = total + pam.proximal_loss()
         return total
 
-    def _check_finite(self, loss: Tensor) -> None:
+    def _check_finite(self, loss: Tensor, outs: dict) -> None:
         ok = torch.isfinite(loss.detach()).float().reshape(1)
         if self.data_parallel:  # every process must stop together, or the others hang in all-reduce
             ok = self.accelerator.reduce(ok, "mean")
         if float(ok) < 1.0:
             latest = ckpt.latest_checkpoint(self.config.output_dir)
+            bad = {
+                name: sorted(term for term, value in out.losses.items() if not torch.isfinite(value).all())
+                for name, out in outs.items()
+            }
+            where = "; ".join(f"{name}: {terms}" for name, terms in bad.items() if terms) or "another process"
             raise NonFiniteLossError(
-                f"loss is {float(loss.detach())} at step {self.step}; stopping. Last good checkpoint: "
-                f"{latest if latest else 'none'} (lower lr, set max_grad_norm, or check the data)"
+                f"loss is {float(loss.detach())} at step {self.step} (non-finite terms at {where}); stopping. "
+                f"Last good checkpoint: {latest if latest else 'none'} (lower lr, set max_grad_norm, or check the data)"
             )
 
     # ---- saving -------------------------------------------------------------------------------
+
+    def _check_output_dir(self, resuming: bool, overwrite: bool) -> None:
+        """Refuse a file, an unwritable folder, or a previous run's folder before any work is done."""
+        out = Path(self.config.output_dir)
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"output_dir {str(out)!r} is a file, not a folder")
+        previous = self._previous_run(out)
+        if previous and not resuming and not overwrite:
+            raise FileExistsError(
+                f"output_dir {str(out)!r} already holds a run ({', '.join(previous)}); resume it (--resume), "
+                "choose another output_dir, or pass --overwrite to replace it"
+            )
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+                pass
+        except OSError as err:
+            raise PermissionError(f"output_dir {str(out)!r} is not writable ({err}); nothing was trained") from err
+
+    def _previous_run(self, out: Path) -> list[str]:
+        """What in `out` belongs to an earlier run: final SAE folders, checkpoints, history."""
+        if not out.is_dir():
+            return []
+        found = [f"{h}/" for h in self.config.hookpoints if (out / h / "config.json").is_file()]
+        if ckpt.latest_checkpoint(out) is not None or any(ckpt.checkpoint_root(out).glob("step-*")):
+            found.append(f"{ckpt.CHECKPOINT_DIR}/")
+        if (out / "history.json").is_file():
+            found.append("history.json")
+        return found
 
     def _resume_path(self, resume) -> Path | None:
         if not resume:
