@@ -1,7 +1,8 @@
 """The feature browser's page: one HTML file with inline CSS, JS and SVG (no server, no CDN).
 
-`__DATA__` is replaced by the JSON of `browser.build_browser_data` (with `</` escaped). The page
-reads `#feature=N` from the URL, so a link or a headless browser can open any feature directly.
+`__DATA__` is replaced by the JSON of `browser.build_browser_data` (every `<`, `>`, `&` written as a
+\\u escape, see `browser.script_json`). The page reads `#feature=N` from the URL, so a link or a
+headless browser can open any feature directly.
 `body[data-status]` becomes "ok" once a feature is drawn, "error" on any script error.
 """
 

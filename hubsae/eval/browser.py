@@ -9,6 +9,7 @@ JSON stays readable by their tools; ours add `mean_act`, `max_act`, `max_cos`, `
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -113,12 +114,27 @@ def build_browser_data(
     }
 
 
+def script_json(data) -> str:
+    """JSON that is inert inside a <script> element: every `<`, `>` and `&` written as a \\u escape.
+
+    The HTML parser ends a script at `</script` and, after `<!--`, treats a later `<script` as
+    opening a nested one (which then swallows the page's own script). JSON.parse reads the
+    escapes back as the same characters, so the data is unchanged.
+    """
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def html_text(text: str) -> str:
+    """`text` safe as the content of an HTML element (e.g. <title>)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def render_html(data: dict) -> str:
     """The self-contained page for `build_browser_data`'s output."""
-    # "</" inside a <script> element would end it early; "<\/" is the same string to JSON.
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
-    title = str(data.get("title", "")).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return PAGE.replace("__TITLE__", title).replace("__DATA__", payload)
+    # one pass, so a title holding "__DATA__" (or data holding "__TITLE__") is not substituted again
+    values = {"__TITLE__": html_text(str(data.get("title", ""))), "__DATA__": script_json(data)}
+    return re.sub("__TITLE__|__DATA__", lambda m: values[m.group(0)], PAGE)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

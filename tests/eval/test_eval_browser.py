@@ -24,19 +24,14 @@ def _decode(ids: list[int]) -> str:
     return "</script><b>x" if ids[0] == 7 else f"t{ids[0]} "
 
 
-@pytest.fixture
-def browser_data():
-    feats = torch.relu(torch.randn(6, 16, F) - 1)
-    feats[..., 5] = 0.0  # a dead latent
-    ids = torch.randint(0, V, (6, 16))
-    ids[0, 3] = 7
-    feats[0, 3, 12] = 50.0  # feature 12's top context holds the hostile token
-    x = torch.randn(6, 16, D)
-    metrics, top, hist = ReconstructionMetrics(D, F), TopActivations(F, k=5, radius=3), ActivationHistogram(F)
-    samples = TopActivations(F, k=2, radius=3, sample=True)
+def make_browser_data(feats, ids, decode, title: str, meta: dict, n_samples: int = 0, radius: int = 3) -> dict:
+    """Browser data for features `feats` (B, T, F) on tokens `ids` (B, T), with random W_dec and W_U."""
+    x = torch.randn(*ids.shape, D)
+    metrics, top, hist = ReconstructionMetrics(D, F), TopActivations(F, k=5, radius=radius), ActivationHistogram(F)
+    samples = TopActivations(F, k=n_samples, radius=radius, sample=True) if n_samples else None
     metrics.update(x, x + 0.1 * torch.randn_like(x), feats)
-    top.update(feats, ids)
-    samples.update(feats, ids)
+    for collector in (top, samples) if samples else (top,):
+        collector.update(feats, ids)
     hist.update(feats)
     W_dec, W_U = torch.randn(F, D), torch.randn(V, D)
     return build_browser_data(
@@ -45,11 +40,22 @@ def browser_data():
         hist=hist,
         effects=logit_effects(W_dec, W_U, n=4),
         nearest=decoder_nearest_neighbours(W_dec),
-        decode=_decode,
-        title="test <browser>",
-        meta={"hookpoint": "model.layers.1", "d_sae": 4608, "fvu": 0.123456},
+        decode=decode,
+        title=title,
+        meta=meta,
         samples=samples,
     )
+
+
+@pytest.fixture
+def browser_data():
+    feats = torch.relu(torch.randn(6, 16, F) - 1)
+    feats[..., 5] = 0.0  # a dead latent
+    ids = torch.randint(0, V, (6, 16))
+    ids[0, 3] = 7
+    feats[0, 3, 12] = 50.0  # feature 12's top context holds the hostile token
+    meta = {"hookpoint": "model.layers.1", "d_sae": 4608, "fvu": 0.123456}
+    return make_browser_data(feats, ids, _decode, "test <browser>", meta, n_samples=2)
 
 
 def test_browser_data_fields(browser_data):
