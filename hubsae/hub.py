@@ -9,6 +9,7 @@ folder of SAE folders (subfolder = relative path); published formats (SAELens, s
 Llama Scope) are converted on the way.
 """
 
+import functools
 import json
 import logging
 import math
@@ -16,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
@@ -35,6 +37,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.utils import close_session
 
 from .auto import AutoSAE
 from .formats import FORMATS, NATIVE_MARKERS, UnknownFormatError, detect, open_folder
@@ -47,6 +50,7 @@ logger = logging.getLogger(__name__)
 INDEX_NAME = "hubsae_index.json"
 CARD_NAME = "README.md"
 INDEX_FORMAT = "hubsae-index/1"
+DEFAULT_PUSH_TIMEOUT = 600.0  # seconds for uploads + commit; SAE folders are MBs to a few GBs
 DEFAULT_TAGS = ["hubsae", "sparse-autoencoder", "interpretability"]
 _RESERVED = {INDEX_NAME, CARD_NAME, ".gitattributes"}
 
@@ -69,6 +73,7 @@ def push_to_hub(
     license: str | None = None,
     tags: list[str] | None = None,
     extra_folders: Mapping[str, str | os.PathLike] | None = None,
+    timeout: float | None = DEFAULT_PUSH_TIMEOUT,
 ) -> CommitInfo:
     """Upload SAEs, the index and the model card to `repo_id` in one commit.
 
@@ -83,6 +88,9 @@ def push_to_hub(
         base_model: the model the SAEs read; default the SAEs' `base_model_name_or_path`.
         extra_folders: `{path_in_repo: local folder}` uploaded in the same commit, e.g. the peft
             adapter that `hubsae.adapt.save_adapted` writes next to its SAE (`lora_adapter`).
+
+        timeout: seconds the upload and commit may take before a `TimeoutError` (None: no limit).
+            A Hub commit is atomic, so a push that times out leaves no partial commit.
     """
     named = _name_saes(saes)
     metrics = dict(metrics or {})
@@ -103,7 +111,8 @@ def push_to_hub(
         for sub, sae in named.items():
             sae.save_pretrained(root / sub)
         _copy_extra_folders(extra_folders or {}, named, root)
-        (root / INDEX_NAME).write_text(json.dumps({"format": INDEX_FORMAT, "saes": index}, indent=2) + "\n")
+        index_json = json.dumps({"format": INDEX_FORMAT, "saes": index}, indent=2, allow_nan=False)
+        (root / INDEX_NAME).write_text(index_json + "\n")
         card.save(root / CARD_NAME)
         operations: list = [
             CommitOperationAdd(path_in_repo=path.relative_to(root).as_posix(), path_or_fileobj=str(path))
@@ -112,7 +121,8 @@ def push_to_hub(
         ]
         operations += _stale_files(api, repo_id, revision, named, {op.path_in_repo for op in operations})
         message = commit_message or f"Upload {len(named)} SAE(s) with hubsae: {', '.join(sorted(named))}"
-        info = api.create_commit(
+        commit = functools.partial(
+            api.create_commit,
             repo_id,
             operations,
             commit_message=message,
@@ -120,8 +130,35 @@ def push_to_hub(
             revision=revision,
             create_pr=create_pr,
         )
+        info = _within(timeout, commit, f"pushing to {repo_id}")
     logger.info("pushed %d SAE(s) to %s: %s", len(named), repo_id, info.pr_url or info.commit_url)
     return info
+
+
+def _within(timeout: float | None, call, what: str):
+    """`call()`, or a TimeoutError after `timeout` s: huggingface_hub's client itself never times out."""
+    if timeout is None:
+        return call()
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["value"] = call()
+        except BaseException as err:  # handed to the caller's thread below
+            result["error"] = err
+
+    worker = threading.Thread(target=run, daemon=True, name="hubsae-push")
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        close_session()  # drops the stuck connection, so the worker's request fails instead of lingering
+        raise TimeoutError(
+            f"{what}: the Hub did not answer within {timeout:g} s; nothing was committed by this push "
+            "(a commit is atomic). Retry, or raise the timeout (push_to_hub(timeout=...), --timeout)"
+        )
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def _copy_extra_folders(extra: Mapping[str, str | os.PathLike], named: Mapping[str, SAE], root: Path) -> None:
@@ -235,9 +272,10 @@ def sae_entry(sae: SAE, metrics: Mapping[str, float] | None = None) -> dict:
         "metrics": {},
     }
     for name, value in (metrics or {}).items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
             raise ValueError(f"metric {name!r} of hookpoint {cfg.hookpoint!r} must be a number, got {value!r}")
-        entry["metrics"][name] = float(value)
+        # NaN is not JSON: an undefined metric (e.g. FVU of constant activations) is written as null
+        entry["metrics"][name] = float(value) if value is not None and math.isfinite(value) else None
     return entry
 
 
@@ -248,10 +286,17 @@ def _existing_index(api: HfApi, repo_id: str, revision: str | None) -> dict[str,
     except (EntryNotFoundError, RevisionNotFoundError, RepositoryNotFoundError):
         return {}
     try:
-        saes = json.loads(Path(path).read_text()).get("saes", {})
+        data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{INDEX_NAME} in {repo_id} is not valid JSON ({e}); fix or delete it before pushing") from e
-    return dict(saes) if isinstance(saes, dict) else {}
+    saes = data.get("saes", {}) if isinstance(data, dict) else None
+    if not isinstance(saes, dict) or not all(isinstance(e, dict) for e in saes.values()):
+        # replacing it would drop the SAEs it lists from the index and the card
+        raise ValueError(
+            f"{INDEX_NAME} in {repo_id} is malformed (expected {{'saes': {{subfolder: entry}}}}, got "
+            f"{type(saes if isinstance(data, dict) else data).__name__}); fix or delete it before pushing"
+        )
+    return dict(saes)
 
 
 def _stale_files(api: HfApi, repo_id: str, revision: str | None, named, new: set[str]) -> list:
@@ -394,6 +439,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dataset", action="append", help="training dataset id (repeatable)")
     parser.add_argument("--license", help="license id for the card, e.g. apache-2.0")
     parser.add_argument("--tag", action="append", help="extra card tag (repeatable)")
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_PUSH_TIMEOUT, help="seconds before giving up on the Hub (default 600)"
+    )
 
 
 def run(args) -> None:
@@ -417,5 +465,6 @@ def run(args) -> None:
         license=args.license,
         tags=args.tag,
         extra_folders=extra,
+        timeout=args.timeout,
     )
     logger.info("%d SAE(s) (%s) -> %s", len(saes), ", ".join(sorted(saes)), info.pr_url or info.commit_url)
