@@ -4,8 +4,8 @@ import json
 import threading
 import time
 
-import pytest
 import fake_hub
+import pytest
 from huggingface_hub import HfApi
 
 import hubsae
