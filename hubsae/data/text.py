@@ -7,6 +7,7 @@ to the model (sae-lens' convention). The stream is deterministic: the same sourc
 tokenizer always give the same contexts in the same order, which resuming relies on.
 """
 
+import codecs
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -21,6 +22,19 @@ logger = logging.getLogger(__name__)
 # The tokenizer sees at most this many characters at once (long plays would trigger
 # "sequence longer than max length" warnings and a single huge encode otherwise).
 MAX_PIECE_CHARS = 32_000
+# A file whose first block holds a NUL byte or invalid UTF-8 is not text (a binary or compressed
+# file, or another encoding); later stray bytes are replaced, with a warning.
+TEXT_CHECK_BYTES = 8192
+MAGIC = {
+    b"\x1f\x8b": "a gzip file",
+    b"PK\x03\x04": "a zip file",
+    b"BZh": "a bzip2 file",
+    b"\xfd7zXZ\x00": "an xz file",
+    b"\x28\xb5\x2f\xfd": "a zstd file",
+    b"PAR1": "a Parquet file",
+    b"\xff\xfe": "UTF-16 text",
+    b"\xfe\xff": "UTF-16 text",
+}
 
 
 @dataclass(frozen=True)
@@ -68,7 +82,47 @@ def iter_documents(source: TextSource) -> Iterator[str]:
         yield from _hf_documents(source)
         return
     for file in text_files(resolve_path(source.path), source.glob):
-        yield file.read_text(encoding="utf-8", errors="replace")
+        yield read_text_file(file)
+
+
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file's contents; a ValueError naming the file if its first block is not text."""
+    data = path.read_bytes()
+    check_is_text(data[:TEXT_CHECK_BYTES], path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        text = data.decode("utf-8", errors="replace")
+        replaced = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
+        logger.warning(
+            "%s: %d invalid UTF-8 sequence(s) after the first %d bytes (the first at byte %d) were replaced by U+FFFD",
+            path,
+            replaced,
+            TEXT_CHECK_BYTES,
+            e.start,
+        )
+        return text
+
+
+def check_is_text(head: bytes, path: Path) -> None:
+    """Refuse a file whose first block holds a NUL byte or invalid UTF-8 (naming gzip, zip, ... by magic number)."""
+    kind = next((what for magic, what in MAGIC.items() if head.startswith(magic)), None)
+    problem = None
+    nul = head.find(b"\0")
+    if nul >= 0:
+        problem = f"a NUL byte at byte {nul}"
+    else:
+        try:  # a multi-byte character cut at the end of the block is fine
+            codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        except UnicodeDecodeError as e:
+            problem = f"invalid UTF-8 at byte {e.start} ({head[e.start : e.start + 1]!r})"
+    if problem:
+        looks = f"; it looks like {kind}" if kind else ""
+        raise ValueError(
+            f"dataset file {str(path)!r} is not UTF-8 text: {problem} of its first {TEXT_CHECK_BYTES} bytes{looks}. "
+            "Training on it would learn replacement characters: decompress or convert it to UTF-8 text, "
+            "or exclude it with dataset_glob"
+        )
 
 
 def _hf_documents(source: TextSource) -> Iterator[str]:
