@@ -85,8 +85,9 @@ def order_keys(values: Tensor, index: Tensor) -> Tensor:
     first so that -0.0 ties with 0.0, as in a float comparison); the low 32 bits hold ~index.
     """
     bits = (values.float() + 0.0).view(torch.int32)
-    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    return (bits.long() << 32) | (_LOW - index)
+    if bool((bits < 0).any()):  # negative floats order backwards as ints: flip their magnitude bits
+        bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return torch.add(_LOW - index, bits, alpha=1 << 32)  # bits * 2^32 + ~index, one int64 pass
 
 
 def keyed_topk(values: Tensor, index: Tensor, k: int) -> Tensor:
@@ -114,12 +115,14 @@ def select_pairs(uv: Tensor, num_heads: int, m: int, n: int, k: int, kind: str) 
     uv_NHW = uv.view(n_tok, num_heads, m + n)
     u, v = uv_NHW[..., :m], uv_NHW[..., m:]
     heads_NK = keyed_topk(head_maxima(u, v, kind), torch.arange(num_heads, device=uv.device), min(k, num_heads))
+    heads_NK = heads_NK.sort(-1).values  # candidates in post-latent order: a tie goes to the lower position
     kh = heads_NK.shape[1]
-    u_NKM = u.gather(1, heads_NK[..., None].expand(n_tok, kh, m))
-    v_NKN = v.gather(1, heads_NK[..., None].expand(n_tok, kh, n))
+    rows = (heads_NK + num_heads * torch.arange(n_tok, device=uv.device)[:, None]).reshape(-1)
+    sel_NKW = uv.reshape(n_tok * num_heads, m + n).index_select(0, rows).view(n_tok, kh, m + n)  # whole rows
+    u_NKM, v_NKN = sel_NKW[..., :m], sel_NKW[..., m:]
     scores = pair_scores(u_NKM[..., :, None], v_NKN[..., None, :], kind).reshape(n_tok, kh * mn)
-    index = (heads_NK[..., None] * mn + torch.arange(mn, device=uv.device)).reshape(n_tok, kh * mn)
-    return index.gather(1, keyed_topk(scores, index, k))
+    pos = keyed_topk(scores, torch.arange(kh * mn, device=uv.device), k)  # (N, k) positions among candidates
+    return heads_NK.gather(1, pos // mn) * mn + pos % mn
 
 
 def factor_columns(indices: Tensor, m: int, n: int) -> tuple[Tensor, Tensor]:

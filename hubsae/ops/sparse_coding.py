@@ -193,7 +193,8 @@ def _latent_major(cols: Tensor, width: int) -> tuple[Tensor, Tensor]:
         c = cols.numpy()
         crow = np.zeros(width + 1, dtype=np.int64)
         np.cumsum(np.bincount(c, minlength=width), out=crow[1:])
-        return torch.from_numpy(np.argsort(c, kind="stable")), torch.from_numpy(crow)
+        keys = c.astype(np.uint16) if width <= 1 << 16 else c  # numpy's stable sort is a radix sort on 16 bits (~20x)
+        return torch.from_numpy(np.argsort(keys, kind="stable")), torch.from_numpy(crow)
     crow = torch.zeros(width + 1, dtype=torch.int64, device=cols.device)
     crow[1:] = torch.bincount(cols, minlength=width).cumsum(0)
     return cols.argsort(stable=True), crow
