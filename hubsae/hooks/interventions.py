@@ -21,6 +21,8 @@ order they were entered.
 """
 
 import contextlib
+import functools
+import inspect
 import math
 import numbers
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,6 +36,45 @@ from .codes import SparseFeatures, decode_linear, encode, reconstruct, to_model_
 from .hookpoints import Hookpoint, activation_width, resolve_hookpoint
 
 SAEs = SAE | Sequence[SAE] | Mapping[str, SAE]
+
+
+class _Reusable:
+    """A context manager that may be entered again after it exited (not while it is active).
+
+    contextlib's generator managers fail a second `with` with an opaque "generator didn't yield";
+    `cm = steer(...)` used in two `with` blocks is natural, so each entry runs the manager afresh.
+    """
+
+    def __init__(self, factory, args: tuple, kwargs: dict):
+        self._factory, self._args, self._kwargs = factory, args, kwargs
+        self._active: contextlib.AbstractContextManager | None = None
+
+    def __enter__(self):
+        if self._active is not None:
+            raise RuntimeError(
+                f"hubsae.{self._factory.__name__}(...) is already active; nest a new call instead of re-entering it"
+            )
+        active = self._factory(*self._args, **self._kwargs)
+        value = active.__enter__()
+        self._active = active
+        return value
+
+    def __exit__(self, *exc):
+        active, self._active = self._active, None
+        return active.__exit__(*exc)
+
+
+def reusable(generator_fn):
+    """`contextlib.contextmanager`, but each `with` on the returned object starts it anew."""
+    factory = contextlib.contextmanager(generator_fn)
+    signature = inspect.signature(generator_fn)
+
+    @functools.wraps(generator_fn)
+    def make(*args, **kwargs) -> _Reusable:
+        signature.bind(*args, **kwargs)  # a wrong call fails here, not at the later `with`
+        return _Reusable(factory, args, kwargs)
+
+    return make
 
 
 def attachments(model: nn.Module, saes: SAEs, hookpoint: str | None = None) -> list[tuple[Hookpoint, SAE]]:
@@ -136,7 +177,7 @@ class Recording:
         return torch.cat(self.activations[self.name(key)], dim=-2)
 
 
-@contextlib.contextmanager
+@reusable
 def record(
     model: nn.Module, saes: SAEs, *, hookpoint: str | None = None, keep_activations: bool = False
 ) -> Iterator[Recording]:
@@ -162,7 +203,7 @@ def record(
 # ---- splice ------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
+@reusable
 def splice(model: nn.Module, saes: SAEs, *, keep_error: bool = False, hookpoint: str | None = None) -> Iterator[None]:
     """Replace each hooked activation by its SAE reconstruction (plus the error term if `keep_error`)."""
     pairs = attachments(model, saes, hookpoint)
@@ -245,7 +286,7 @@ def _tracker(positions: str) -> PositionTracker | None:
     return None if positions == "all" else PositionTracker()
 
 
-@contextlib.contextmanager
+@reusable
 def ablate(
     model: nn.Module,
     sae: SAE,
@@ -268,7 +309,7 @@ def ablate(
         yield
 
 
-@contextlib.contextmanager
+@reusable
 def clamp(
     model: nn.Module,
     sae: SAE,
@@ -296,7 +337,7 @@ def clamp(
 # ---- steer -------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
+@reusable
 def steer(
     model: nn.Module,
     sae: SAE,

@@ -353,3 +353,26 @@ def test_arguments_after_the_payload_are_keyword_only():
     ):
         with pytest.raises(TypeError, match="positional argument"):
             call()
+
+
+def test_one_manager_object_can_be_entered_again_but_not_while_active():
+    model = tiny_llama()
+    sae = topk_sae(LAYER1["llama"])
+    ids = token_batch()
+    with torch.no_grad():
+        clean = model(ids).logits
+        manager = hubsae.steer(model, sae, {5: 2.0})
+        with manager:
+            first = model(ids).logits
+        assert torch.equal(model(ids).logits, clean)
+        with manager:
+            assert torch.equal(model(ids).logits, first)
+            with pytest.raises(RuntimeError, match=r"hubsae.steer\(...\) is already active"), manager:
+                pass
+            assert torch.equal(model(ids).logits, first)  # the failed re-entry added no second hook
+        assert not all_hooks(model)
+        recorder = hubsae.record(model, sae)
+        for _ in range(2):
+            with recorder as rec:
+                model(ids)
+            assert rec[sae].indices.shape[:2] == ids.shape
