@@ -17,6 +17,7 @@ from typing import Any
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..saes.loading import set_default_mode
 from .stream import Block, BlockSource
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,14 @@ CACHE_FORMAT = "hubsae-activation-cache/1"
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_shard(block: Block, path: Path) -> None:
+    """Write one shard under a temporary name, readable like any file the user writes, and rename it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in block.items()}, str(tmp))
+    set_default_mode(tmp)  # safetensors creates files 0600
     os.replace(tmp, path)
 
 
@@ -49,9 +58,7 @@ def write_cache(
         if usable >= max_tokens:
             break
         name = f"shard-{index:05d}.safetensors"
-        tmp = folder / f".{name}.tmp"
-        save_file({k: v.detach().cpu().contiguous() for k, v in block.items()}, str(tmp))
-        os.replace(tmp, folder / name)
+        _save_shard(block, folder / name)
         n = int(next(iter(block.values())).shape[0])
         dims = {k: int(v.shape[-1]) for k, v in block.items()}
         shards.append({"file": name, "n_tokens": n})

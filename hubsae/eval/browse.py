@@ -7,13 +7,33 @@ from .cli import add_model_and_data_arguments, load_model_and_saes
 from .run import write_browser
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the option in its error)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("saes", nargs=1, metavar="sae", help="an SAE folder or Hub repo")
     add_model_and_data_arguments(parser)
-    parser.add_argument("--max-contexts", type=int, default=128, help="contexts to collect examples from")
-    parser.add_argument("--examples", type=int, default=20, help="top-activating contexts kept per feature")
-    parser.add_argument("--samples", type=int, default=10, help="random firing contexts kept per feature")
-    parser.add_argument("--radius", type=int, default=5, help="tokens shown on each side of the peak")
+    parser.add_argument("--max-contexts", type=positive_int, default=128, help="contexts to collect examples from")
+    parser.add_argument("--examples", type=positive_int, default=20, help="top-activating contexts kept per feature")
+    parser.add_argument("--samples", type=non_negative_int, default=10, help="random firing contexts kept per feature")
+    parser.add_argument("--radius", type=non_negative_int, default=5, help="tokens shown on each side of the peak")
     parser.add_argument("--out", default="browser", help="output folder (index.html, features.json, eval.json)")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..saes.loading import set_default_mode
 from ._page import PAGE
 from .examples import PAD_TOKEN, ActivationHistogram, TopActivations
 from .metrics import ReconstructionMetrics, density_histogram
@@ -145,7 +146,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a report is meant to be read (and served)
+        set_default_mode(tmp)  # mkstemp makes it 0600; a report is meant to be read (and served)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

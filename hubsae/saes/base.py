@@ -9,6 +9,7 @@ Parameter vocabulary (the same in every architecture, so readers of other format
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from huggingface_hub.dataclasses import strict
@@ -26,6 +27,7 @@ from .loading import (
     check_weight_dtypes,
     corrupt_file_error,
     read_config_dict,
+    set_default_mode,
     weight_files,
 )
 
@@ -173,6 +175,12 @@ class SAE(PreTrainedModel):
         check_finite_weights(model.state_dict(), where)
         _own_aligned_storage(model)
         return (model, info) if want_info else model
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, with the weights readable like any file the user writes
+        (safetensors creates them 0600; here they get the umask's mode, 0644 under umask 022)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        set_default_mode(*Path(save_directory).glob("model*.safetensors*"))
 
     @classmethod
     def _check_files(cls, path_or_repo, subfolder: str | None, kwargs: dict, where: str) -> None:

@@ -1,3 +1,6 @@
+import os
+import stat
+
 import pytest
 import torch
 
@@ -101,3 +104,13 @@ def test_a_large_dropped_tail_is_warned_about(caplog):
     caplog.clear()
     next(ActivationStream(tensor_blocks(_data(n=100), block_rows=100), batch_size=50)())
     assert "dropped" not in caplog.text
+
+
+def test_cache_shards_get_the_umask_mode_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_cache(tensor_blocks(_data(), 25)(0, 0), tmp_path / "cache", 10**9, {})
+    finally:
+        os.umask(old)
+    files = sorted((tmp_path / "cache").iterdir())
+    assert len(files) == 5 and {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o644}

@@ -5,6 +5,7 @@ import os
 import re
 import select
 import shutil
+import stat
 import subprocess
 import time
 
@@ -228,3 +229,30 @@ def test_search_box_and_arrows_drive_the_page(browser_data, tmp_path):
         assert noise == []
     finally:
         browser.close()
+
+
+def test_browser_files_get_the_umask_mode(browser_data, tmp_path):
+    old = os.umask(0o027)
+    try:
+        write_browser_files(browser_data, tmp_path)
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {0o640}
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--max-contexts", "0", "argument --max-contexts: must be at least 1, got 0"),
+        ("--max-contexts", "-3", "argument --max-contexts: must be at least 1, got -3"),
+        ("--examples", "0", "argument --examples: must be at least 1, got 0"),
+        ("--samples", "-1", "argument --samples: must be at least 0, got -1"),
+        ("--radius", "x", "argument --radius: expected an integer, got 'x'"),
+    ],
+)
+def test_browse_cli_refuses_nonsense_counts_before_loading_anything(option, value, message, capsys):
+    from hubsae.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["browse", "no-such-sae", "--data", "no-such-data", option, value])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -1,6 +1,8 @@
 """Every registered architecture through the common contract (like transformers' ModelTesterMixin)."""
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -169,3 +171,14 @@ def test_non_finite_input_raises(sae, bad):
         sae(x)
     sae.config.check_finite = False
     assert sae(x).features.shape == (3, D_SAE)  # opt-out returns whatever the math gives
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_saved_files_get_the_umask_mode_not_0600(sae, tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        sae.save_pretrained(tmp_path)
+    finally:
+        os.umask(old)
+    for name in ("model.safetensors", "config.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
