@@ -250,6 +250,7 @@ def test_llama_scope_follows_lm_saes(tmp_path):
     sae = AutoSAE.from_pretrained(folder)
     assert type(sae) is hubsae.JumpReLUSAE and sae.config.hookpoint == "model.layers.7"
     assert sae.dtype == torch.float32 and not sae.config.subtract_b_dec
+    assert sae.config.base_model_name_or_path == "meta-llama/Llama-3.1-8B"  # the files name no model
     x = _x(64) * 3
     f, x_hat = _lm_saes_reference(sd, hp, x)
     assert 0 < (f > 0).sum() < f.numel()  # the threshold matters in this test
