@@ -50,3 +50,4 @@ lock: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hubsae tests benchmarks examples
 	$(VENV)/bin/ruff format --check hubsae tests benchmarks examples
+	$(VENV)/bin/lint-imports

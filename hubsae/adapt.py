@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .auto import AutoSAE
 from .eval.metrics import token_cross_entropy, token_kl
+from .files import ADAPTER_DIR
 from .hooks import layer_list, resolve_hookpoint, splice
 from .hooks.interventions import SAEs, attachments
 from .saes.base import SAE
@@ -34,7 +35,6 @@ from .train.config import Recipe
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_DIR = "lora_adapter"
 OBJECTIVES = ("kl", "ce", "kl+ce")
 LAYER_CHOICES = ("all", "after")
 

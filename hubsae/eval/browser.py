@@ -10,13 +10,12 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from ..saes.loading import set_default_mode
+from ..files import atomic_write_text
 from ._page import PAGE
 from .examples import PAD_TOKEN, ActivationHistogram, TopActivations
 from .metrics import ReconstructionMetrics, density_histogram
@@ -136,22 +135,6 @@ def render_html(data: dict) -> str:
     # one pass, so a title holding "__DATA__" (or data holding "__TITLE__") is not substituted again
     values = {"__TITLE__": html_text(str(data.get("title", ""))), "__DATA__": script_json(data)}
     return re.sub("__TITLE__|__DATA__", lambda m: values[m.group(0)], PAGE)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write through a temporary file in the same folder and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        set_default_mode(tmp)  # mkstemp makes it 0600; a report is meant to be read (and served)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_browser_files(data: dict, out_dir: str | os.PathLike) -> Path:

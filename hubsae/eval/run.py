@@ -15,9 +15,10 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from ..data.text import TextSource, contexts, pack_contexts, token_stream
-from ..hub import subfolder_for
+from ..files import atomic_write_text
+from ..hooks.hookpoints import subfolder_for
 from ..saes.base import SAE
-from .browser import atomic_write_text, build_browser_data, write_browser_files
+from .browser import build_browser_data, write_browser_files
 from .lm import SAEEvaluation, evaluate
 from .metrics import decoder_nearest_neighbours, density_histogram
 from .plots import have_matplotlib, plot_density_histogram

@@ -209,3 +209,8 @@ def _own_width(m: nn.Module, site: str) -> int | None:
     if isinstance(weight, nn.Parameter) and weight.dim() == 1 and not list(m.children()):
         return weight.shape[0]  # a norm: width in = width out
     return None
+
+
+def subfolder_for(hookpoint: str) -> str:
+    """Folder name for a hookpoint: the module path, with `:input` spelled `.input`."""
+    return hookpoint.replace(":", ".")

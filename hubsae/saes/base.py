@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedMode
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from ..files import set_default_mode
 from .loading import (
     NO_PICKLES,
     check_config_fields,
@@ -27,7 +28,6 @@ from .loading import (
     check_weight_dtypes,
     corrupt_file_error,
     read_config_dict,
-    set_default_mode,
     weight_files,
 )
 

@@ -156,29 +156,6 @@ def check_finite_weights(tensors: dict[str, torch.Tensor], where: str) -> None:
             )
 
 
-def default_file_mode() -> int:
-    """The mode `open()` gives a new file under the current umask (0644 under umask 022).
-
-    safetensors (0.6+) and `tempfile.mkstemp` create files 0600, readable by their owner only.
-    """
-    status = Path("/proc/self/status")
-    umask = None
-    if status.is_file():
-        line = next((ln for ln in status.read_text().splitlines() if ln.startswith("Umask:")), None)
-        umask = int(line.split()[1], 8) if line else None
-    if umask is None:  # no procfs: read the umask by setting it (briefly process-wide)
-        umask = os.umask(0o022)
-        os.umask(umask)
-    return 0o666 & ~umask
-
-
-def set_default_mode(*paths: str | os.PathLike) -> None:
-    """Give files the mode a plain `open()` would have (see `default_file_mode`)."""
-    mode = default_file_mode()
-    for path in paths:
-        os.chmod(path, mode)
-
-
 def check_loading_info(info: dict, where: str) -> None:
     problems = []
     if info.get("missing_keys"):

@@ -26,6 +26,8 @@ from tqdm.auto import tqdm
 
 from ..auto import AutoSAE
 from ..data.stream import DataPosition
+from ..files import atomic_write_text
+from ..plots import have_matplotlib, plot_training_curves
 from ..saes.base import SAE
 from . import checkpoint as ckpt
 from .config import RESUMABLE_CHANGES, TrainConfig
@@ -376,8 +378,6 @@ class Trainer:
 
     def _write_history(self) -> None:
         """This run's logged metrics as `history.json`, and as `training_curves.png` (L0, FVU) with matplotlib."""
-        from ..eval.browser import atomic_write_text
-        from ..eval.plots import have_matplotlib, plot_training_curves
 
         out = Path(self.config.output_dir)
         atomic_write_text(out / "history.json", json.dumps(self.history, indent=1))
