@@ -3,28 +3,8 @@ offline): density plot, activation histograms, top contexts with highlighted tok
 
 import argparse
 
-from .cli import add_model_and_data_arguments, load_model_and_saes
+from .cli import add_model_and_data_arguments, load_model_and_saes, non_negative_int, positive_int
 from .run import write_browser
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse names the option in its error)."""
-    return _int_at_least(text, 1)
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    return _int_at_least(text, 0)
-
-
-def _int_at_least(text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ a crash never leaves a half-written `step-*` folder; `latest` names the newest o
 import json
 import logging
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
+
+from ..files import set_default_mode
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ def save_sae(sae, folder: str | os.PathLike) -> None:
     sae.config.save_pretrained(folder)
     tensors = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    set_default_mode(folder / "model.safetensors")  # safetensors writes 0600; rank 0's save_pretrained does this too
 
 
 def save_checkpoint(accelerator, output_dir, step: int, saes: dict, rank_state: dict, shared: dict, keep: int) -> Path:
@@ -122,7 +126,13 @@ def load_rank_state(path: Path, rank: int, map_location: str | torch.device = "c
     file = path / f"rank-{rank}.pt"
     if not file.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} has no state for process {rank} ({file.name})")
-    return torch.load(file, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"{file} holds objects other than tensors and plain containers; hubsae never unpickles arbitrary "
+            "objects, so the checkpoint is corrupt or was not written by hubsae (do not load it with weights_only=False)"
+        ) from e
 
 
 def config_differences(saved: dict, current: dict, ignore: set[str]) -> list[str]:

@@ -256,3 +256,20 @@ def test_browse_cli_refuses_nonsense_counts_before_loading_anything(option, valu
     with pytest.raises(SystemExit) as exit_:
         main(["browse", "no-such-sae", "--data", "no-such-data", option, value])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--max-contexts", "0", "argument --max-contexts: must be at least 1, got 0"),
+        ("--batch-size", "0", "argument --batch-size: must be at least 1, got 0"),
+        ("--context-length", "-1", "argument --context-length: must be at least 1, got -1"),
+        ("--skip-contexts", "-2", "argument --skip-contexts: must be at least 0, got -2"),
+    ],
+)
+def test_eval_cli_refuses_nonsense_counts_before_loading_anything(option, value, message, capsys):
+    from hubsae.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "no-such-sae", "--data", "no-such-data", option, value])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
