@@ -74,7 +74,8 @@ def test_data_parallel_matches_single_process_on_the_same_global_batch(cache, tm
     for k in r0:
         torch.testing.assert_close(r0[k], single[k], rtol=1e-4, atol=1e-5)
         moved = max(moved, float((single[k] - r0[k]).abs().max()))
-    init = Trainer(TrainConfig(**_config(cache, tmp_path / "init", ["a"], lr=0.0, max_tokens=64)))
+    # one step at a negligible lr (0 is refused as a recipe value): the initial SAE, up to ~1e-12
+    init = Trainer(TrainConfig(**_config(cache, tmp_path / "init", ["a"], lr=1e-12, max_tokens=64)))
     start = init.train()["a"].state_dict()
     assert float((start["W_enc"] - single["W_enc"]).abs().max()) > 100 * max(moved, 1e-7)  # training moved it
 
