@@ -3,8 +3,8 @@
 Scaled down for a CPU: residual stream after model.layers.10 (d = 576), fortunes corpus,
 F = 4 d = 2304, k = 32, the same BatchTopK base, Adam lr 8e-4, batch 256, same data order.
 OrtSAE adds gamma * L_orth. The paper's gamma = 0.25 weighs L_orth against an MSE averaged over
-the d elements (the BatchTopK repo's `.pow(2).mean()`); hubsae's MSE sums over d, so the same
-balance is gamma = 0.25 * d = 144 here (--gamma; 0.25 itself barely moves the decoder). The paper's K = ceil(F / 8192) gives one
+the d elements (the BatchTopK repo's `.pow(2).mean()`); hubsae's MSE sums over d, so
+OrthogonalityPenalty scales its gamma (paper units, --gamma 0.25) by d. The paper's K = ceil(F / 8192) gives one
 chunk at our F; we use K = 4 (chunk 576 = F/4, closer to the paper's F/8 chunk fraction at F=65k)
 and also the "modified" every-5-steps variant with gamma * 5. MeanCosSim = mean over latents of
 the largest cosine to another decoder row (eq. 6); FVU pooled, on a held-out 10%.
@@ -32,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--chunks", type=int, default=4)
-    parser.add_argument("--gamma", type=float, default=0.25 * D, help="0.25 * d_in = the paper's 0.25 per element")
+    parser.add_argument("--gamma", type=float, default=0.25, help="in the paper's units (scaled by d_in inside)")
     args = parser.parse_args()
     train_x, test_x = scale_to_sqrt_d(*split(smollm2_activations(10, 60000)))
     runs = {

@@ -159,8 +159,8 @@ class TrainConfig(Recipe):
     """PAM-SGD coefficients for `PAMSGD` (mu_enc, nu_enc, mu_dec, nu_dec, alpha, beta, tol; n_total
     defaults to max_tokens)."""
     ortho_coefficient: float = 0.0
-    """OrtSAE orthogonality penalty weight gamma on the decoder rows (0: off). The paper's 0.25 is relative to an
-    MSE averaged over d_in; ours sums over d_in, so the same balance is 0.25 * d_in (docs/reproductions.md)."""
+    """OrtSAE orthogonality penalty weight gamma on the decoder rows (0: off), in the paper's units: 0.25 is the
+    paper's setting (arXiv 2509.22033 §3). It is scaled by d_in inside, since hubsae's MSE sums over d_in."""
     ortho_chunks: int | None = None
     """Chunks K the latents are split into for the penalty; None: ceil(d_sae / ortho_chunk_size)."""
     ortho_chunk_size: int = 8192

@@ -9,16 +9,17 @@ chunk every latent's nearest-neighbour cosine (signed, as in the paper) is squar
 A chunk of c latents costs c^2 * d, so the whole penalty costs F * c * d: linear in F for a
 fixed chunk size (the paper's K = ceil(F / 8192)). The total loss is L + gamma * L_orth with
 gamma = 0.25; the paper's cheaper "modified" variant computes it every N-th step with gamma * N.
-Scale: the paper's MSE averages over the d_in elements (BatchTopK repo), hubsae's "mse" sums over
-them, so the paper's balance is gamma = 0.25 * d_in here (0.25 alone barely moves a decoder:
-docs/reproductions.md).
+Units: gamma is in the paper's units, where the MSE averages over the d_in elements (OrtSAE
+§3, the BatchTopK code it builds on). hubsae's "mse" sums over them, so the penalty added to our
+loss is gamma * d_in * L_orth: the same balance, and `gamma=0.25` is the paper's setting
+(unscaled, 0.25 barely moved a decoder in docs/reproductions.md).
 
 Function API (what the trainer calls):
     num_chunks_for(d_sae, chunk_size=8192) -> int
     orthogonality_penalty(W_dec, num_chunks, generator=None, delta=1e-8) -> scalar Tensor
     OrthogonalityPenalty(gamma, num_chunks=None, chunk_size=8192, every=1, delta=1e-8)
         .coefficient(step) -> float   # gamma * every on the steps where it runs, else 0.0
-        .__call__(W_dec, step, generator=None) -> scalar Tensor | None  # already weighted
+        .__call__(W_dec, step, generator=None) -> scalar Tensor | None  # gamma * every * d_in * L_orth
 W_dec is (d_sae, d_in): one row per latent, the package's parameter vocabulary. The penalty works
 on any architecture, since every SAE here stores its decoder directions that way.
 """
@@ -74,7 +75,8 @@ class OrthogonalityPenalty:
     """OrtSAE's penalty as a loss term: gamma * L_orth, optionally only every `every` steps.
 
     Args:
-        gamma: the penalty's weight (0.25 in the paper).
+        gamma: the penalty's weight in the paper's units (0.25 in the paper); scaled by d_in to
+            match hubsae's MSE, which sums over the d_in elements where the paper's averages.
         num_chunks: K; None means ceil(d_sae / chunk_size).
         chunk_size: latents per chunk used when num_chunks is None (8192 in the paper).
         every: compute the penalty only on steps with step % every == 0, weighted gamma * every
@@ -106,8 +108,8 @@ class OrthogonalityPenalty:
         return self.gamma * self.every if step % self.every == 0 else 0.0
 
     def __call__(self, W_dec: Tensor, step: int, generator: torch.Generator | None = None) -> Tensor | None:
-        """The weighted penalty gamma * every * L_orth, or None on a skipped step (nothing to add)."""
-        weight = self.coefficient(step)
+        """gamma * every * d_in * L_orth (see the module docstring), or None on a skipped step."""
+        weight = self.coefficient(step) * W_dec.shape[-1]
         if weight == 0.0:
             return None
         return weight * orthogonality_penalty(W_dec, self.chunks_for(W_dec.shape[0]), generator, self.delta)

@@ -22,7 +22,7 @@ def test_ortho_term_is_gamma_times_the_penalty_on_a_step_seeded_partition(tiny_c
     trainer.saes = {"h": sae}
     out = sae(torch.randn(16, 32), compute_losses=True)
     base = out.losses["mse"] + sae.config.aux_coefficient * out.losses["auxk"]
-    for step, weight in ((4, 0.5 * 2), (5, 0.0)):
+    for step, weight in ((4, 0.5 * 2 * 32), (5, 0.0)):  # gamma * every * d_in: paper units vs our summed MSE
         trainer.step = step
         gen = torch.Generator().manual_seed(3 * 1_000_003 + step * 101)
         expected = base + weight * orthogonality_penalty(sae.W_dec, 4, generator=gen)
@@ -33,12 +33,12 @@ def test_ortho_training_lowers_decoder_cosines_and_resumes_bit_identically(tiny_
     model, tok, _, _ = tiny_lm
     common = dict(d_sae=128, max_tokens=64 * 24, ortho_chunks=2, ortho_every=2)
     plain = Trainer(tiny_config(output_dir=str(tmp_path / "plain"), **common), model=model, tokenizer=tok).train()
-    cfg = tiny_config(output_dir=str(tmp_path / "ortho"), ortho_coefficient=2.0, **common)
+    cfg = tiny_config(output_dir=str(tmp_path / "ortho"), ortho_coefficient=0.25, **common)
     ortho = Trainer(cfg, model=model, tokenizer=tok).train()
     name = cfg.hookpoints[0]
     assert _nn_cos(ortho[name]) < 0.95 * _nn_cos(plain[name])
 
-    part = tiny_config(output_dir=str(tmp_path / "part"), ortho_coefficient=2.0, checkpoint_every=5, **common)
+    part = tiny_config(output_dir=str(tmp_path / "part"), ortho_coefficient=0.25, checkpoint_every=5, **common)
     trainer = Trainer(part, model=model, tokenizer=tok)
     bundle, opt, sched, batches = trainer._setup(None)
     for _ in range(7):

@@ -90,9 +90,9 @@ def test_num_chunks_and_every_n_schedule():
     assert [pen.coefficient(s) for s in range(6)] == [1.25, 0, 0, 0, 0, 1.25]
     W = torch.randn(10, 4)
     assert pen(W, step=3) is None
-    torch.testing.assert_close(
+    torch.testing.assert_close(  # gamma * every * d_in: gamma is per MSE element, as in the paper
         pen(W, step=10, generator=torch.Generator().manual_seed(2)),
-        1.25 * orthogonality_penalty(W, 2, generator=torch.Generator().manual_seed(2)),
+        1.25 * 4 * orthogonality_penalty(W, 2, generator=torch.Generator().manual_seed(2)),
     )
     assert OrthogonalityPenalty(chunk_size=4).chunks_for(10) == 3
 
