@@ -78,21 +78,22 @@ def pair_grads(u: Tensor, v: Tensor, values: Tensor, d_values: Tensor, kind: str
 # ---- exact top-k with the lower index winning ties ---------------------------------------------
 
 
-def order_keys(values: Tensor, index: Tensor) -> Tensor:
+def order_keys(values: Tensor, index: Tensor, signed: bool = True) -> Tensor:
     """int64 keys ordered like (value, -index): distinct, so any top-k over them is exact.
+    `signed=False` promises values >= 0 (ReLU'd scores) and skips the sign handling.
 
     The float32 bits of a value, flipped below zero, are an int32 in the value's order (+0.0 added
     first so that -0.0 ties with 0.0, as in a float comparison); the low 32 bits hold ~index.
     """
     bits = (values.float() + 0.0).view(torch.int32)
-    if bool((bits < 0).any()):  # negative floats order backwards as ints: flip their magnitude bits
+    if signed:  # negative floats order backwards as ints: flip their magnitude bits
         bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)
     return torch.add(_LOW - index, bits, alpha=1 << 32)  # bits * 2^32 + ~index, one int64 pass
 
 
-def keyed_topk(values: Tensor, index: Tensor, k: int) -> Tensor:
+def keyed_topk(values: Tensor, index: Tensor, k: int, signed: bool = True) -> Tensor:
     """Positions (R, k) of the k largest values of each row of `values` (R, n), lower `index` first on ties."""
-    _, positions = topk_rows(order_keys(values, index), k)
+    _, positions = topk_rows(order_keys(values, index, signed), k)
     return positions
 
 
@@ -114,14 +115,16 @@ def select_pairs(uv: Tensor, num_heads: int, m: int, n: int, k: int, kind: str) 
     n_tok, mn = uv.shape[0], m * n
     uv_NHW = uv.view(n_tok, num_heads, m + n)
     u, v = uv_NHW[..., :m], uv_NHW[..., m:]
-    heads_NK = keyed_topk(head_maxima(u, v, kind), torch.arange(num_heads, device=uv.device), min(k, num_heads))
+    signed = kind == "raw_prod"  # the ReLU kinds' scores are >= 0
+    heads = torch.arange(num_heads, device=uv.device)
+    heads_NK = keyed_topk(head_maxima(u, v, kind), heads, min(k, num_heads), signed)
     heads_NK = heads_NK.sort(-1).values  # candidates in post-latent order: a tie goes to the lower position
     kh = heads_NK.shape[1]
     rows = (heads_NK + num_heads * torch.arange(n_tok, device=uv.device)[:, None]).reshape(-1)
     sel_NKW = uv.reshape(n_tok * num_heads, m + n).index_select(0, rows).view(n_tok, kh, m + n)  # whole rows
     u_NKM, v_NKN = sel_NKW[..., :m], sel_NKW[..., m:]
     scores = pair_scores(u_NKM[..., :, None], v_NKN[..., None, :], kind).reshape(n_tok, kh * mn)
-    pos = keyed_topk(scores, torch.arange(kh * mn, device=uv.device), k)  # (N, k) positions among candidates
+    pos = keyed_topk(scores, torch.arange(kh * mn, device=uv.device), k, signed)  # (N, k) among the candidates
     return heads_NK.gather(1, pos // mn) * mn + pos % mn
 
 
@@ -137,7 +140,7 @@ def select_dead(uv: Tensor, dead: Tensor, m: int, n: int, k_aux: int, kind: str,
     """AuxK's selection: the top-k_aux (N, k') of the dead post-latents `dead` (n_dead,), k' = min(k_aux, n_dead)."""
     cu, cv = factor_columns(dead, m, n)
     acts = pair_values(uv.index_select(1, cu), uv.index_select(1, cv), kind, eps)  # (N, n_dead)
-    return dead[keyed_topk(acts, dead, min(k_aux, dead.numel()))]
+    return dead[keyed_topk(acts, dead, min(k_aux, dead.numel()), signed=False)]
 
 
 # ---- autograd ---------------------------------------------------------------------------------

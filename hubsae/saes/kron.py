@@ -9,8 +9,12 @@ them come from ONE fused matmul, so the encoder costs d*h*(m+n) per token, never
     post-latent index = k*m*n + i*n + j  (the paper's App. H order), F = d_sae = h*m*n
     f = TopK_k(z) over all F post-latents of a token (global, not per head), x_hat = f W_dec + b_dec
 
-Since sqrt is monotone, TopK picks its k winners on one pass of ReLU(u)ReLU(v) scores and takes
-the square root of those k only (same values and gradients as the dense z, fewer passes over F).
+Training and encoding run the sparse Kron path (`hubsae.ops.kron`): a head's largest score is
+found from its factors' extremes, the k winners lie in the k heads with the largest such maxima,
+so only k*m*n pairs are scored; decode and backward touch the k winners and their <= 2k factors
+only. The result is TopK over all F post-latents, the lower index winning ties (as `dense_forward`,
+the reference path kept for HUBSAE_SPARSE_TRAIN=0). JumpReLU thresholds each of the F post-latents
+and keeps the dense path (logged once).
 `eps` is App. H's guard (1e-5): it bounds d z / d u = v / (2 sqrt(uv + eps)) as u -> 0+. Unlike the
 listing, inactive pairs are exactly 0 (the listing leaves sqrt(eps) there), so codes stay sparse.
 Parameters: W_enc (d_in, h*(m+n)) and b_enc (h*(m+n),), unlike the other architectures'
