@@ -154,7 +154,8 @@ class TrainConfig(Recipe):
     """Batches used to estimate the scale factor and initialize b_dec (they are then trained on)."""
     method: str = "adam"
     """"adam": AdamW on every parameter. "pam_sgd": AdamW on the encoder, the decoder set in closed
-    form each batch (SplInterp's PAM-SGD, `pam.py`); one process, no gradient accumulation."""
+    form once per window of batches with a ridge chosen on held-out batches (SplInterp's PAM-SGD,
+    `pam.DecoderWindow`); one process, no gradient accumulation."""
     pam: dict[str, Any] = field(default_factory=dict)
     """PAM-SGD coefficients for `PAMSGD` (mu_enc, nu_enc, mu_dec, nu_dec, alpha, beta, tol; n_total
     defaults to max_tokens)."""

@@ -12,7 +12,7 @@ from torch import Tensor
 from ..saes.base import SAE
 from .config import TrainConfig
 from .orthogonality import OrthogonalityPenalty
-from .pam import PAMSGD
+from .pam import PAMSGD, DecoderWindow
 
 
 class OrthoTerm:
@@ -39,16 +39,22 @@ class OrthoTerm:
         return total
 
 
-def make_pam(config: TrainConfig, saes: dict[str, SAE]) -> dict[str, PAMSGD]:
-    """One PAMSGD state per SAE; the decoder leaves autograd (it is solved, not stepped)."""
-    allowed = set(inspect.signature(PAMSGD).parameters) - {"sae"}
-    unknown = sorted(set(config.pam) - allowed)
+def make_pam(config: TrainConfig, saes: dict[str, SAE]) -> dict[str, DecoderWindow]:
+    """One PAM-SGD state per SAE; the decoder leaves autograd (it is solved, not stepped).
+
+    `config.pam` holds PAMSGD's coefficients and DecoderWindow's schedule (`batches`,
+    `validation_every`, `ridge_grid`, `prox`).
+    """
+    pam_keys = set(inspect.signature(PAMSGD).parameters) - {"sae", "n_total"}
+    window_keys = set(inspect.signature(DecoderWindow).parameters) - {"pam"}
+    unknown = sorted(set(config.pam) - pam_keys - window_keys)
     if unknown:
-        raise ValueError(f"pam: unknown keys {unknown}; PAMSGD takes {sorted(allowed)}")
-    kwargs = {"n_total": config.max_tokens, **config.pam}
-    pams = {}
+        raise ValueError(f"pam: unknown keys {unknown}; PAM-SGD takes {sorted(pam_keys | window_keys)}")
+    pam_kwargs = {k: v for k, v in config.pam.items() if k in pam_keys}
+    window_kwargs = {k: v for k, v in config.pam.items() if k in window_keys}
+    windows = {}
     for name, sae in saes.items():
         sae.W_dec.requires_grad_(False)
         sae.b_dec.requires_grad_(False)
-        pams[name] = PAMSGD(sae, **kwargs)
-    return pams
+        windows[name] = DecoderWindow(PAMSGD(sae, n_total=config.max_tokens, **pam_kwargs), **window_kwargs)
+    return windows

@@ -31,8 +31,11 @@ Function API (what the trainer calls):
     DecoderStatistics(d_sae, d_in).update(z, x) ... .solve(W_prev, b_prev, n_total, **coefs)
         .proximal_loss() -> scalar Tensor              # add to the SAE loss before backward
         .snapshot() -> None                            # move the anchors to the current values
+    DecoderWindow(pam, batches=16, validation_every=4, ridge_grid=..., prox=1e-3)   # the Trainer's
+        .observe(x) -> None   # accumulate one batch; solve (ridge chosen on held-out batches) when full
+        .solve() -> None      # solve from what was accumulated; moves the encoder anchors
 A step: decoder_step(x); loss = sae(x).loss + proximal_loss(); backward; optimizer.step();
-snapshot() (per step, or per epoch as the official script does). Train with
+snapshot() per epoch, as the official script does (per step, the proximal term has no gradient). Train with
 `normalize_decoder=False`: renormalizing the decoder rows would undo the exact solve.
 A solve from one minibatch overfits it unless the batch is much larger than d_sae or mu_dec /
 alpha hold the decoder back: on SmolLM2 (F = 1024) a 4096-vector solve gave test MSE 299 where
@@ -41,12 +44,12 @@ the whole-set solve gave 213 for the same encoder (docs/reproductions.md). Prefe
 """
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PAMSGD", "DecoderStatistics", "decoder_closed_form", "DECODER_PARAMETERS"]
+__all__ = ["PAMSGD", "DecoderStatistics", "DecoderWindow", "decoder_closed_form", "DECODER_PARAMETERS"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ class DecoderStatistics:
         f64 = dict(dtype=torch.float64, device=device)
         self.S_zz, self.S_zx = torch.zeros(d_sae, d_sae, **f64), torch.zeros(d_sae, d_in, **f64)
         self.sum_z, self.sum_x = torch.zeros(d_sae, **f64), torch.zeros(d_in, **f64)
+        self.sum_xx = torch.zeros((), **f64)  # sum ||x||^2: with the rest, the squared error of any (W, b)
         self.count = 0
 
     @torch.no_grad()
@@ -78,7 +82,40 @@ class DecoderStatistics:
         self.S_zx += z.T @ x
         self.sum_z += z.sum(0)
         self.sum_x += x.sum(0)
+        self.sum_xx += x.pow(2).sum()
         self.count += z.shape[0]
+
+    TENSORS = ("S_zz", "S_zx", "sum_z", "sum_x", "sum_xx")
+
+    def state_dict(self) -> dict:
+        return {**{name: getattr(self, name) for name in self.TENSORS}, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.TENSORS:
+            getattr(self, name).copy_(state[name])
+        self.count = int(state["count"])
+
+    def merged(self, other: "DecoderStatistics") -> "DecoderStatistics":
+        """The statistics of both sets of batches together."""
+        both = DecoderStatistics(*self.S_zx.shape, self.S_zz.device)
+        for name in self.TENSORS:
+            getattr(both, name).copy_(getattr(self, name) + getattr(other, name))
+        both.count = self.count + other.count
+        return both
+
+    @torch.no_grad()
+    def squared_error(self, W: Tensor, b: Tensor) -> float:
+        """sum_r ||x_r - z_r W - b||^2 over the accumulated batches, from the sums alone."""
+        W, b = W.to(self.S_zz), b.to(self.S_zz)
+        total = (
+            self.sum_xx
+            - 2 * (W * self.S_zx).sum()
+            - 2 * b @ self.sum_x
+            + (W * (self.S_zz @ W)).sum()
+            + 2 * b @ (W.T @ self.sum_z)
+            + self.count * b @ b
+        )
+        return float(total)
 
     @torch.no_grad()
     def solve(
@@ -224,3 +261,98 @@ class PAMSGD:
         )  # fmt: skip
         self.sae.W_dec.copy_(W)
         self.sae.b_dec.copy_(b)
+
+
+class DecoderWindow:
+    """PAM-SGD inside the Trainer: the decoder is solved once per window of batches, not per batch.
+
+    The official code solves the decoder over the whole training set once per epoch (SplInterp,
+    arXiv 2505.11836, Alg. 1). A solve from one minibatch instead sets the row of every latent
+    that did not fire in it to exactly 0 and, with batch < d_sae, interpolates the batch. Here the
+    normal equations are accumulated over `batches` batches (codes of the encoder as it trains;
+    the proximal term keeps it near its anchor), then solved once; every `validation_every`-th
+    batch of the window is held out to choose the ridge from `ridge_grid` by held-out squared
+    error, and the decoder is then solved on the whole window with that ridge. The encoder's
+    proximal anchors move only at a solve (so mu_enc ||W - W_t||^2 acts between solves), and
+    `prox` keeps the decoder near its previous value (a latent silent for a whole window keeps its
+    direction). Ridge and prox are relative to the window's mean diagonal of sum z z^T, so they
+    do not depend on the window size or the activation scale.
+    """
+
+    def __init__(
+        self,
+        pam: PAMSGD,
+        batches: int = 16,
+        validation_every: int = 4,
+        ridge_grid: Sequence[float] = (0.0, 1e-4, 1e-3, 1e-2, 1e-1),
+        prox: float = 1e-3,
+    ):
+        if batches < 1 or validation_every < 0 or validation_every == 1 or prox < 0 or min(ridge_grid) < 0:
+            raise ValueError(
+                f"PAM window: batches >= 1, validation_every 0 (off) or >= 2, prox >= 0 and ridges >= 0; got "
+                f"batches={batches}, validation_every={validation_every}, prox={prox}, ridge_grid={list(ridge_grid)}"
+            )
+        self.pam = pam
+        self.batches, self.validation_every = batches, validation_every
+        self.ridge_grid, self.prox = tuple(float(r) for r in ridge_grid), prox
+        self.seen = 0
+        self.ridge = float("nan")  # the ridge chosen at the last solve (relative)
+        self._reset()
+
+    def _reset(self) -> None:
+        d_sae, d_in, device = self.pam.sae.config.d_sae, self.pam.sae.config.d_in, self.pam.sae.W_dec.device
+        self.fit, self.held_out = DecoderStatistics(d_sae, d_in, device), DecoderStatistics(d_sae, d_in, device)
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return self.pam.encoder_parameters()
+
+    def proximal_loss(self) -> Tensor:
+        return self.pam.proximal_loss()
+
+    @torch.no_grad()
+    def observe(self, x: Tensor) -> None:
+        """Add one batch's normal equations; solve the decoder when the window is full."""
+        x_norm, z = self.pam.codes(x)
+        self.seen += 1
+        held_out = self.validation_every and self.seen % self.validation_every == 0
+        (self.held_out if held_out else self.fit).update(z, x_norm)
+        if self.seen % self.batches == 0:
+            self.solve()
+
+    @torch.no_grad()
+    def solve(self) -> None:
+        """Solve the decoder from the batches seen since the last solve (nothing if there are none)."""
+        if self.fit.count == 0:
+            return
+        if self.held_out.count:
+            self.ridge = min(self.ridge_grid, key=lambda r: self.held_out.squared_error(*self._solve(self.fit, r)))
+        else:
+            self.ridge = self.ridge_grid[0]
+        W, b = self._solve(self.fit.merged(self.held_out) if self.held_out.count else self.fit, self.ridge)
+        self.pam.sae.W_dec.copy_(W)
+        self.pam.sae.b_dec.copy_(b)
+        self.pam.snapshot()
+        logger.debug(
+            "PAM-SGD: decoder solved over %d vectors, ridge %g", self.fit.count + self.held_out.count, self.ridge
+        )
+        self._reset()
+
+    def _solve(self, stats: DecoderStatistics, ridge: float) -> tuple[Tensor, Tensor]:
+        scale = float(stats.S_zz.diagonal().mean()) or 1.0
+        sae = self.pam.sae
+        return stats.solve(sae.W_dec, sae.b_dec, alpha=ridge * scale, mu=self.prox * scale, tol=self.pam.tol)
+
+    def state_dict(self) -> dict:
+        return {
+            "seen": self.seen,
+            "ridge": self.ridge,
+            "anchors": self.pam.anchors,
+            "fit": self.fit.state_dict(),
+            "held_out": self.held_out.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seen, self.ridge = int(state["seen"]), float(state["ridge"])
+        self.pam.anchors = {name: t.to(self.pam.sae.W_dec.device) for name, t in state["anchors"].items()}
+        self.fit.load_state_dict(state["fit"])
+        self.held_out.load_state_dict(state["held_out"])

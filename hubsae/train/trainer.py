@@ -146,6 +146,8 @@ class Trainer:
             scheduler.load_state_dict(rank_state["scheduler"])
             self.tracker.load_state_dict(rank_state["dead"])
             ckpt.set_rng_state(rank_state["rng"])
+            for name, window in self.pams.items():
+                window.load_state_dict(rank_state["pam"][name])
         return bundle, optimizer, scheduler, batches
 
     def _check_resumable(self, path: Path) -> dict:
@@ -196,6 +198,8 @@ class Trainer:
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save_checkpoint(optimizer, scheduler)
         bar.close()
+        for window in self.pams.values():
+            window.solve()  # the decoder of the final encoder, from the batches since the last solve
         self._save_final(optimizer, scheduler)
         acc.end_training()
         return self.saes
@@ -222,8 +226,6 @@ class Trainer:
         for micro in range(cfg.grad_accum_steps):
             self.position, batch = next(batches)
             batch = {k: v.to(acc.device) for k, v in batch.items()}
-            for name, pam in self.pams.items():
-                pam.decoder_step(batch[name])  # PAM-SGD: closed-form decoder for this batch first
             last = micro == cfg.grad_accum_steps - 1
             sync = nullcontext() if last or not self.data_parallel else acc.no_sync(bundle)
             with sync:
@@ -247,8 +249,8 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         for sae in self.saes.values():
             sae.set_decoder_norm_to_unit_norm()
-        for pam in self.pams.values():
-            pam.snapshot()
+        for name, window in self.pams.items():
+            window.observe(batch[name])  # PAM-SGD: the decoder is solved when a window of batches is full
         if metrics is not None:
             metrics["lr_factor"] = lr_factor(self.step, cfg)
             metrics["sparsity_factor"] = sparsity
@@ -338,6 +340,7 @@ class Trainer:
             "rng": ckpt.rng_state(),
             "dead": self.tracker.state_dict(),
             "position": self.position.to_dict(),
+            "pam": {name: window.state_dict() for name, window in self.pams.items()},
         }
         shared = {
             "step": self.step,

@@ -74,6 +74,38 @@ def test_pam_sgd_trains_encoder_by_adam_and_decoder_in_closed_form(tiny_config, 
     assert set(trainer.pams) == {h}
 
 
+def test_pam_sgd_solves_per_window_and_resumes_mid_window_bit_identically(tiny_config, tiny_lm, tmp_path):
+    model, tok, _, _ = tiny_lm
+    common = dict(
+        method="pam_sgd", pam={"mu_enc": 1e-2, "batches": 4, "validation_every": 2}, d_sae=64, max_tokens=64 * 14
+    )
+    full = Trainer(tiny_config(output_dir=str(tmp_path / "full"), **common), model=model, tokenizer=tok)
+    bundle, opt, sched, batches = full._setup(None)
+    name = full.config.hookpoints[0]
+    decoders = []
+    for _ in range(5):
+        full._train_step(bundle, opt, sched, batches)
+        full.step += 1
+        decoders.append(full.saes[name].W_dec.detach().clone())
+    # the decoder changes only when a window of 4 batches is complete (after steps 4 and 8, ...)
+    assert [torch.equal(decoders[i], decoders[i + 1]) for i in range(4)] == [True, True, False, True]
+    assert full.pams[name].ridge in full.pams[name].ridge_grid
+
+    uninterrupted = Trainer(tiny_config(output_dir=str(tmp_path / "u"), **common), model=model, tokenizer=tok).train()
+    part = tiny_config(output_dir=str(tmp_path / "part"), checkpoint_every=6, **common)
+    trainer = Trainer(part, model=model, tokenizer=tok)
+    bundle, opt, sched, batches = trainer._setup(None)
+    for _ in range(7):  # checkpoint at step 6: mid-window (2 of 4 batches accumulated)
+        trainer._train_step(bundle, opt, sched, batches)
+        trainer.step += 1
+        if trainer.step == 6:
+            trainer.tokens = 6 * 64
+            trainer.save_checkpoint(opt, sched)
+    resumed = Trainer(part, model=model, tokenizer=tok).train(resume=True)
+    for k, v in uninterrupted[name].state_dict().items():
+        assert torch.equal(resumed[name].state_dict()[k], v), k
+
+
 def test_pam_sgd_bad_settings_are_named(tiny_config, tiny_lm):
     model, tok, _, _ = tiny_lm
     with pytest.raises(ValueError, match=r"pam: unknown keys \['mu'\]"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import hubsae
-from hubsae.train.pam import PAMSGD, DecoderStatistics, decoder_closed_form
+from hubsae.train.pam import PAMSGD, DecoderStatistics, DecoderWindow, decoder_closed_form
 
 
 def lstsq_reference(z, x, W_t, b_t, n, alpha, beta, mu, nu):
@@ -158,3 +158,90 @@ def test_decoder_step_from_an_epoch_of_batches():
     pam.decoder_step_from(x.split(32))
     torch.testing.assert_close(sae.W_dec.data, W_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(sae.b_dec.data, b_ref, rtol=1e-5, atol=1e-6)
+
+
+# ---- the Trainer's schedule: one solve per window of batches, ridge chosen on held-out batches -----
+
+
+def test_squared_error_from_the_sums_equals_the_direct_one():
+    z = torch.relu(torch.randn(50, 6, dtype=torch.float64))
+    x = torch.randn(50, 4, dtype=torch.float64)
+    W, b = torch.randn(6, 4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    stats = DecoderStatistics(6, 4)
+    stats.update(z[:20], x[:20])
+    stats.update(z[20:], x[20:])
+    assert stats.squared_error(W, b) == pytest.approx(float((x - z @ W - b).pow(2).sum()), rel=1e-10)
+
+
+def test_window_solves_once_over_its_batches_and_keeps_silent_latents():
+    sae = _topk_sae().train()
+    with torch.no_grad():
+        sae.b_enc[5] = -100.0  # latent 5 never fires
+    window = DecoderWindow(PAMSGD(sae, n_total=96), batches=3, validation_every=0, prox=1e-2)
+    batches = torch.randn(96, 8).split(32)
+    W_t, b_t = sae.W_dec.detach().clone(), sae.b_dec.detach().clone()
+    z = torch.cat([sae(x).features.detach() for x in batches]).double()
+    x_all = torch.cat(batches).double()
+    for i, x in enumerate(batches):
+        window.observe(x)
+        if i < 2:  # nothing solved before the window is full
+            assert torch.equal(sae.W_dec, W_t)
+    scale = float((z * z).sum(0).mean())
+    W_ref, b_ref = decoder_closed_form(z, x_all, W_t.double(), b_t.double(), mu=1e-2 * scale)
+    torch.testing.assert_close(sae.W_dec.data, W_ref.float(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sae.b_dec.data, b_ref.float(), rtol=1e-4, atol=1e-5)
+    silent = (z == 0).all(0)
+    assert silent.any(), "the test needs a latent that never fires in the window"
+    rows = sae.W_dec[silent]  # kept along their previous direction, not zeroed (as a per-batch solve did)
+    cos = torch.nn.functional.cosine_similarity(rows, W_t[silent], dim=-1)
+    assert (rows.norm(dim=-1) > 0.5).all() and (cos > 0.999).all()
+
+
+def test_window_chooses_the_ridge_on_held_out_batches():
+    """Few vectors for many latents: the unregularized solve interpolates, the held-out batch says so."""
+    g = torch.Generator().manual_seed(0)
+    sae = hubsae.TopKSAE(hubsae.TopKSAEConfig(d_in=8, d_sae=64, k=16, normalize_decoder=False)).train()
+    window = DecoderWindow(PAMSGD(sae, n_total=64), batches=4, validation_every=4, prox=0.0)
+    batches = (torch.randn(64, 8, generator=g) * 2).split(16)
+    W_t, b_t = sae.W_dec.detach().clone(), sae.b_dec.detach().clone()
+    held, fit = DecoderStatistics(64, 8), DecoderStatistics(64, 8)
+    for i, x in enumerate(batches):  # the codes the window sees, computed before it solves
+        (held if i == 3 else fit).update(window.pam.codes(x)[1], x)
+    for x in batches:
+        window.observe(x)
+    assert window.ridge > 0
+    scale = float(fit.S_zz.diagonal().mean())
+    err = {r: held.squared_error(*fit.solve(W_t, b_t, alpha=r * scale, tol=1e-8)) for r in window.ridge_grid}
+    assert err[window.ridge] == min(err.values()) < err[0.0]
+
+
+def test_encoder_anchors_move_only_at_a_solve():
+    sae = _topk_sae().train()
+    window = DecoderWindow(PAMSGD(sae, n_total=64, mu_enc=1.0), batches=2, validation_every=0)
+    opt = torch.optim.Adam(window.encoder_parameters(), lr=1e-2)
+    x = torch.randn(32, 8)
+    for step in range(3):
+        loss = sae(x).loss + window.proximal_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        window.observe(x)
+        if step == 0:  # mid-window: the term pulls the encoder back towards the last anchor
+            assert window.proximal_loss().item() > 0
+        if step == 1:  # the window was solved: the anchors are the current encoder
+            assert window.proximal_loss().item() == 0
+
+
+def test_window_state_round_trips():
+    sae = _topk_sae().train()
+    window = DecoderWindow(PAMSGD(sae, n_total=64), batches=4, validation_every=2)
+    for x in torch.randn(96, 8).split(32):
+        window.observe(x)
+    state = window.state_dict()
+    other = DecoderWindow(PAMSGD(_topk_sae().train(), n_total=64), batches=4, validation_every=2)
+    other.load_state_dict(state)
+    assert other.seen == 3 and other.fit.count == window.fit.count and other.held_out.count == 32
+    assert torch.equal(other.fit.S_zz, window.fit.S_zz)
+    assert all(torch.equal(other.pam.anchors[k], v) for k, v in window.pam.anchors.items())
+    with pytest.raises(ValueError, match="validation_every 0 \\(off\\) or >= 2"):
+        DecoderWindow(PAMSGD(sae, n_total=64), validation_every=1)
