@@ -5,7 +5,10 @@ prefix of the dictionary must reconstruct on its own (papers.md §4.6):
 
     L = sum_g w_g ||x - (f[:m_g] W_dec[:m_g] + b_dec)||^2 + aux_coefficient * L_aux
 
-w_g = 1/G by default (dictionary_learning's mean); KronSAE's eq. 6 uses w_g = 1 (a plain sum).
+w_g = 1/G by default (dictionary_learning's mean); KronSAE's eq. 6 uses w_g = 1 (a plain sum,
+`group_weights=[1.0] * G`). The mean is the default because it keeps the loss on the scale of one
+MSE, so the AuxK weight (and, without Adam, the learning rate) tuned for BatchTopK carry over; the
+sum is the same objective scaled by G, which under Adam mainly weakens AuxK by G.
 AuxK reconstructs the full-dictionary residual. `losses()` reports "mse" (the full reconstruction,
 weight 0: it is the last prefix, already inside "prefix_mse") next to the weighted "prefix_mse".
 The default groups are the official release's [F/16, F/16, F/8, F/4, F/2].
