@@ -1,7 +1,7 @@
 """hubsae: sparse autoencoders as Hugging Face models."""
 
 from .auto import AutoSAE
-from .eval import evaluate, write_browser
+from .eval import evaluate, pick_strength, rank_concept_features, steering_sweep, write_browser
 from .hooks import Recording, SparseFeatures, ablate, clamp, record, splice, steer
 from .hub import list_saes, push_to_hub
 from .saes import *  # noqa: F403  (registers every architecture)
@@ -23,6 +23,9 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "evaluate",
+    "pick_strength",
+    "rank_concept_features",
+    "steering_sweep",
     "write_browser",
     *_saes_all,
 ]

@@ -3,6 +3,12 @@
     hubsae steer ./my-sae --feature 1234=8 --prompt "Tell me about your weekend."
     hubsae steer org/repo --subfolder model.layers.15 --feature 1234=0.5 --relative --positions all
 
+    hubsae steer ./my-sae --sweep --feature 1234 --feature 99 --strengths 0.25,0.5,1 --relative
+
+With `--sweep`, each feature is added at each strength (coefficients ignored) and every continuation
+is scored by the unsteered model: concept = the SAE's mean activation of the feature on the generated
+tokens, fluency = their perplexity; it writes steering.json and steering.png to `--output-dir` and
+names, per feature, the strongest concept within `--max-perplexity-ratio` of the unsteered text.
 The base model is the embedded SmolLM2-135M-Instruct unless `--model` names another causal LM.
 """
 
@@ -24,6 +30,13 @@ def _feature(text: str) -> tuple[int, float]:
         raise argparse.ArgumentTypeError(f"--feature expects INDEX=COEFFICIENT (e.g. 1234=8), got {text!r}") from None
 
 
+def _strengths(text: str) -> list[float]:
+    try:
+        return [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--strengths expects comma-separated numbers, got {text!r}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sae", help="local folder or Hub repo of the SAE")
     parser.add_argument("--subfolder", default=None, help="the SAE's folder inside the repo")
@@ -37,6 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="a causal LM folder or repo (default: embedded SmolLM2)")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    sweep = parser.add_argument_group("sweep (steering evaluation)")
+    sweep.add_argument("--sweep", action="store_true", help="score each --feature over --strengths")
+    sweep.add_argument(
+        "--strengths", type=_strengths, default=[0.0, 0.25, 0.5, 1.0, 2.0], help="comma-separated coefficients"
+    )
+    sweep.add_argument("--max-perplexity-ratio", type=float, default=2.0, help="fluency margin for the pick")
+    sweep.add_argument(
+        "--max-repetition-increase", type=float, default=0.2, help="most extra repeated bigrams for the pick"
+    )
+    sweep.add_argument("--output-dir", default="steering", help="where steering.json/.png go")
 
 
 @torch.no_grad()
@@ -55,6 +78,8 @@ def run(args: argparse.Namespace) -> None:
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if args.sweep:
+        return _sweep(args, model, tokenizer, sae, prompts)
     inputs = tokenizer(prompts, return_tensors="pt", padding=True)
     settings = dict(max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     coefficients = dict(args.feature)
@@ -68,4 +93,34 @@ def run(args: argparse.Namespace) -> None:
         lines.append(f"\nprompt:  {prompt}")
         lines.append(f"plain:   {tokenizer.decode(plain[row, start:], skip_special_tokens=True)}")
         lines.append(f"steered: {tokenizer.decode(steered[row, start:], skip_special_tokens=True)}")
+    logger.info("\n".join(lines))
+
+
+def _sweep(args: argparse.Namespace, model, tokenizer, sae, prompts: list[str]) -> None:
+    from ..eval.steering import describe_point, pick_strength, steering_sweep, write_sweep
+
+    features = [index for index, _ in args.feature]
+    curves = steering_sweep(
+        model,
+        tokenizer,
+        sae,
+        features,
+        args.strengths,
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        hookpoint=args.hookpoint,
+        positions=args.positions,
+        relative=args.relative,
+    )
+    margins = dict(max_perplexity_ratio=args.max_perplexity_ratio, max_repetition_increase=args.max_repetition_increase)
+    paths = write_sweep(curves, args.output_dir, **margins)
+    lines = [
+        "steering sweep: concept = the feature's activation on the generated text; fluency = perplexity, repetition"
+    ]
+    for curve in curves:
+        lines.append(f"\nfeature {curve.feature}: unsteered {describe_point(curve.baseline)}")
+        lines += [f"  strength {p.strength:g}: {describe_point(p)}" for p in curve.points]
+        best = pick_strength(curve, **margins)
+        lines.append(f"  picked strength {best.strength:g}: {best.texts[0]!r}")
+    lines.append("wrote " + ", ".join(str(p) for p in paths.values()))
     logger.info("\n".join(lines))
