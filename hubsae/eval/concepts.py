@@ -1,11 +1,12 @@
 """Finding the features of a concept: which latents fire specifically on concept text.
 
-A latent's specificity is p_c * log((p_c + a) / (p_n + a)): p_c and p_n are the fractions of
-concept and neutral tokens it fires on, a = 1 / (neutral tokens) keeps a latent never seen on
-neutral text finite. The log-odds term makes the score density-aware: a latent that fires on 40%
-of all tokens (newlines, "the") has p_c close to p_n and scores near 0 however often it fires on
-the concept; the p_c factor prefers latents that cover much of the concept over ones that fired
-once. Each sequence's first token (BOS, or the attention sink) is left out, as in training.
+A latent's specificity is a binomial z-score: how many standard deviations its firing rate on
+concept tokens, p_c, lies above its rate on neutral tokens, p_n (its density),
+z = (p_c - p_n) / sqrt((p_n + a)(1 - p_n + a) / n_c), with n_c concept tokens and a = 1 / (neutral
+tokens) so that a latent never seen on neutral text stays finite. Density-aware: a latent firing
+on 8% of all tokens (newlines, "the") that fires on 30% of concept tokens scores below one firing
+on 10% of concept tokens and 0.3% of neutral ones. Each sequence's first token (BOS, or the
+attention sink) is left out, as in training.
 """
 
 from collections.abc import Sequence
@@ -89,10 +90,10 @@ def rank_concept_features(
         raise ValueError(f"{type(sae).__name__} has no config.hookpoint; pass hookpoint='model.layers.N'")
     concept = _features(model, sae, name, concept_ids)
     neutral = _features(model, sae, name, neutral_ids)
-    p_c, _ = _density(concept)
+    p_c, concept_tokens = _density(concept)
     p_n, neutral_tokens = _density(neutral)
     a = 1.0 / neutral_tokens
-    specificity = p_c * torch.log((p_c + a) / (p_n + a))
+    specificity = (p_c - p_n) / torch.sqrt((p_n + a) * (1 - p_n + a) / concept_tokens)
     top = specificity.topk(min(n, len(specificity))).indices.tolist()
     promoted = logit_effects(sae.W_dec[top], unembedding(model), n=8).pos_ids
     return [
@@ -123,7 +124,7 @@ def describe_candidates(candidates: Sequence[ConceptFeature], tokenizer) -> list
     for c in candidates:
         promoted = ", ".join(repr(tokenizer.decode([t])) for t in c.promoted_tokens)
         lines.append(
-            f"feature {c.feature}: specificity {c.specificity:.3f}, fires on {c.concept_density:.1%} of concept "
+            f"feature {c.feature}: specificity z={c.specificity:.1f}, fires on {c.concept_density:.1%} of concept "
             f"tokens and {c.neutral_density:.2%} of neutral tokens; promotes {promoted}"
         )
         lines += [f"    concept  {_show(ctx, tokenizer)}" for ctx in c.concept_contexts]

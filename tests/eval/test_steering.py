@@ -150,14 +150,14 @@ def test_rank_concept_features_prefers_specific_over_dense_latents(model, tokeni
     neutral = [_ids(tokenizer, "bread and cheese and apples on the table in the kitchen")]
     ranked = rank_concept_features(model, sae, concept, neutral, n=8, contexts=1, radius=2)
     best, dense = ranked[0], next(c for c in ranked if c.feature == 0)
-    assert best.feature == 1 and best.specificity > 0.5
+    assert best.feature == 1 and best.specificity > 3
     assert best.neutral_density == 0 and best.concept_density == pytest.approx(4 / 11)
     assert dense.concept_density == dense.neutral_density == 1 and dense.specificity == pytest.approx(0, abs=1e-6)
     [ctx] = best.concept_contexts
     assert ctx.ids[ctx.position] == sea and ctx.value == pytest.approx(10.0, rel=1e-4)
     assert best.neutral_contexts == []
     lines = describe_candidates(ranked, tokenizer)
-    assert lines[0].startswith("feature 1: specificity") and "[[ sea]]" in lines[1]
+    assert lines[0].startswith("feature 1: specificity z=") and "[[ sea]]" in lines[1]
 
 
 def test_steer_sweep_command(model, tokenizer, sae, tmp_path, caplog):

@@ -1,5 +1,7 @@
-"""The README's main job (`make demo`) on the real SmolLM2, shortened: train, save, reload, steer."""
+"""The README's main job (`make demo`) on the real SmolLM2, shortened: train, save, reload, find a
+concept feature, sweep its steering curve, steer."""
 
+import json
 import logging
 
 import pytest
@@ -32,10 +34,21 @@ def test_demo_trains_saves_reloads_and_steers(tmp_path, caplog, monkeypatch):
                 str(tmp_path / "run"),
                 "--browser-contexts",
                 "4",
+                "--candidates",
+                "2",
+                "--max-new-tokens",
+                "6",
             ]
         )
     report = caplog.text
     assert "reloaded with AutoSAE.from_pretrained" in report and "FVU=" in report and "steered:" in report
+    # the feature and strength come from the measured curves, and the steered text is shown per prompt
+    assert "features for 'the sea'" in report and "steering curves" in report and "chose feature" in report
+    curves = json.loads((tmp_path / "run" / "steering" / "steering.json").read_text())["curves"]
+    assert len(curves) == 2 and all(len(c["points"]) == 3 for c in curves)
+    chosen = int(report.split("chose feature ")[1].split()[0])
+    assert chosen in [c["feature"] for c in curves]
+    assert report.count("    steered: ") == 3 and report.count("    plain:   ") == 3
     page = tmp_path / "run" / "browser" / "index.html"
     assert f"feature browser (open offline in any browser): {page}" in report
     assert "<html" in page.read_text()[:500].lower()
