@@ -20,4 +20,3 @@ def test_layering_contract_is_kept():
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "1 kept, 0 broken" in result.stdout
-
