@@ -348,7 +348,9 @@ def build_card(
         datasets=datasets,
     )
     if base_model:
-        data.base_model_relation = "adapter"  # not a finetune of the base model (hub.md §1.2)
+        data.base_model_relation = (
+            "adapter"  # SAEs read the base model, they are not a finetune of it (the Hub's default guess)
+        )
     rows = [
         "| subfolder | architecture | hookpoint | d_sae | k / L0 | FVU | dead % |",
         "|---|---|---|---|---|---|---|",

@@ -1,6 +1,6 @@
 """TopK SAE (Gao et al. 2024, "Scaling and evaluating sparse autoencoders"), with AuxK.
 
-f = TopK_k(ReLU((x - b_dec) W_enc + b_enc)), x_hat = f W_dec + b_dec   (papers.md §4.2).
+f = TopK_k(ReLU((x - b_dec) W_enc + b_enc)), x_hat = f W_dec + b_dec   (arXiv 2406.04093).
 L = ||x - x_hat||^2 + aux_coefficient * L_aux, where AuxK reconstructs the residual from the
 top-k_aux dead latents (dead = not fired within the trainer's window).
 

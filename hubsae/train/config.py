@@ -161,7 +161,7 @@ class TrainConfig(Recipe):
     defaults to max_tokens)."""
     ortho_coefficient: float = 0.0
     """OrtSAE orthogonality penalty weight gamma on the decoder rows (0: off), in the paper's units: 0.25 is the
-    paper's setting (arXiv 2509.22033 §3). It is scaled by d_in inside, since hubsae's MSE sums over d_in."""
+    paper's setting (arXiv 2509.22033 §3.3, eq. 5). It is scaled by d_in inside, since hubsae's MSE sums over d_in."""
     ortho_chunks: int | None = None
     """Chunks K the latents are split into for the penalty; None: ceil(d_sae / ortho_chunk_size)."""
     ortho_chunk_size: int = 8192

@@ -1,4 +1,4 @@
-"""OrtSAE's chunked orthogonality penalty on decoder directions (papers.md §2.1, arXiv 2509.22033).
+"""OrtSAE's chunked orthogonality penalty on decoder directions (arXiv 2509.22033 §3.3, eqs. 3-5).
 
 Each step the F latents are split by a random permutation into K near-equal chunks; inside each
 chunk every latent's nearest-neighbour cosine (signed, as in the paper) is squared and averaged:
@@ -10,7 +10,7 @@ A chunk of c latents costs c^2 * d, so the whole penalty costs F * c * d: linear
 fixed chunk size (the paper's K = ceil(F / 8192)). The total loss is L + gamma * L_orth with
 gamma = 0.25; the paper's cheaper "modified" variant computes it every N-th step with gamma * N.
 Units: gamma is in the paper's units, where the MSE averages over the d_in elements (OrtSAE
-§3, the BatchTopK code it builds on). hubsae's "mse" sums over them, so the penalty added to our
+§4.1 trains with the BatchTopK code, whose MSE is `.pow(2).mean()`). hubsae's "mse" sums over them, so the penalty added to our
 loss is gamma * d_in * L_orth: the same balance, and `gamma=0.25` is the paper's setting
 (unscaled, 0.25 barely moved a decoder in docs/reproductions.md).
 

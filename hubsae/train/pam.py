@@ -1,4 +1,4 @@
-"""PAM-SGD (SplInterp, arXiv 2505.11836; papers.md §3.3-3.4): proximal alternating training.
+"""PAM-SGD (SplInterp, arXiv 2505.11836; official code github.com/splInterp2025/splInterp): proximal alternating training.
 
 The encoder (every parameter except W_dec and b_dec) takes SGD/Adam steps on the SAE loss plus
 proximal "stay-close" terms mu_enc ||W - W_t||^2 + nu_enc ||b - b_t||^2 around anchors W_t, b_t.
@@ -9,7 +9,7 @@ minimizer of the (N/|B|)-rescaled proximal ridge least-squares problem
               + mu ||W - W_t||^2 + nu ||b - b_t||^2,
 
 with z_r the codes of the current encoder (row convention: W is (d_sae, d_in), x_hat = z W + b).
-Zeroing the gradients (papers.md §3.4, transposed) gives, with n = N (the dataset size) and
+Zeroing the gradients (the authors' minibatch closed form, in hubsae's row convention) gives, with n = N (the dataset size) and
 c = n / (n + beta + nu), batch means z_bar, x_bar and sums over the batch scaled by n/|B|:
 
     b* = (nu b_t + n (x_bar - z_bar W)) / (n + beta + nu)
@@ -266,8 +266,8 @@ class PAMSGD:
 class DecoderWindow:
     """PAM-SGD inside the Trainer: the decoder is solved once per window of batches, not per batch.
 
-    The official code solves the decoder over the whole training set once per epoch (SplInterp,
-    arXiv 2505.11836, Alg. 1). A solve from one minibatch instead sets the row of every latent
+    The official code (github.com/splInterp2025/splInterp) solves the decoder over the whole
+    training set once per epoch. A solve from one minibatch instead sets the row of every latent
     that did not fire in it to exactly 0 and, with batch < d_sae, interpolates the batch. Here the
     normal equations are accumulated over `batches` batches (codes of the encoder as it trains;
     the proximal term keeps it near its anchor), then solved once; every `validation_every`-th
