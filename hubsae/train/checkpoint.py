@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from ..files import set_default_mode
+from ..files import atomic_write_text, set_default_mode
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +91,7 @@ def save_checkpoint(accelerator, output_dir, step: int, saes: dict, rank_state: 
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        latest_tmp = root / f".{LATEST}.tmp"
-        latest_tmp.write_text(final.name)
-        os.replace(latest_tmp, root / LATEST)
+        atomic_write_text(root / LATEST, final.name)
         _prune(root, keep)
         logger.info("checkpoint saved: %s", final)
     accelerator.wait_for_everyone()

@@ -311,7 +311,7 @@ class Trainer:
         if not out.is_dir():
             return []
         found = [f"{h}/" for h in self.config.hookpoints if (out / h / "config.json").is_file()]
-        if ckpt.latest_checkpoint(out) is not None or any(ckpt.checkpoint_root(out).glob("step-*")):
+        if any(ckpt.checkpoint_root(out).glob("step-*")):
             found.append(f"{ckpt.CHECKPOINT_DIR}/")
         if (out / "history.json").is_file():
             found.append("history.json")
@@ -394,7 +394,8 @@ def ckpt_position(rank_state: dict) -> DataPosition:
 
 
 def exit_after_distributed(accelerator: Accelerator) -> None:
-    """End a multi-process run with os._exit: torch's gloo teardown sometimes aborts (env.md §4)."""
+    """End a multi-process run with os._exit: torch's gloo teardown sometimes aborts
+    ("terminate called without an active exception" after a correct run, on CPU)."""
     if accelerator.num_processes > 1:
         sys.stdout.flush()
         sys.stderr.flush()
