@@ -241,35 +241,22 @@ def test_browser_files_get_the_umask_mode(browser_data, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("option", "value", "message"),
+    ("command", "option", "value", "message"),
     [
-        ("--max-contexts", "0", "argument --max-contexts: must be at least 1, got 0"),
-        ("--max-contexts", "-3", "argument --max-contexts: must be at least 1, got -3"),
-        ("--examples", "0", "argument --examples: must be at least 1, got 0"),
-        ("--samples", "-1", "argument --samples: must be at least 0, got -1"),
-        ("--radius", "x", "argument --radius: expected an integer, got 'x'"),
+        ("browse", "--max-contexts", "0", "argument --max-contexts: must be at least 1, got 0"),
+        ("browse", "--max-contexts", "-3", "argument --max-contexts: must be at least 1, got -3"),
+        ("browse", "--examples", "0", "argument --examples: must be at least 1, got 0"),
+        ("browse", "--samples", "-1", "argument --samples: must be at least 0, got -1"),
+        ("browse", "--radius", "x", "argument --radius: expected an integer, got 'x'"),
+        ("eval", "--max-contexts", "0", "argument --max-contexts: must be at least 1, got 0"),
+        ("eval", "--batch-size", "0", "argument --batch-size: must be at least 1, got 0"),
+        ("eval", "--context-length", "-1", "argument --context-length: must be at least 1, got -1"),
+        ("eval", "--skip-contexts", "-2", "argument --skip-contexts: must be at least 0, got -2"),
     ],
 )
-def test_browse_cli_refuses_nonsense_counts_before_loading_anything(option, value, message, capsys):
+def test_cli_refuses_nonsense_counts_before_loading_anything(command, option, value, message, capsys):
     from hubsae.cli import main
 
     with pytest.raises(SystemExit) as exit_:
-        main(["browse", "no-such-sae", "--data", "no-such-data", option, value])
-    assert exit_.value.code == 2 and message in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("option", "value", "message"),
-    [
-        ("--max-contexts", "0", "argument --max-contexts: must be at least 1, got 0"),
-        ("--batch-size", "0", "argument --batch-size: must be at least 1, got 0"),
-        ("--context-length", "-1", "argument --context-length: must be at least 1, got -1"),
-        ("--skip-contexts", "-2", "argument --skip-contexts: must be at least 0, got -2"),
-    ],
-)
-def test_eval_cli_refuses_nonsense_counts_before_loading_anything(option, value, message, capsys):
-    from hubsae.cli import main
-
-    with pytest.raises(SystemExit) as exit_:
-        main(["eval", "no-such-sae", "--data", "no-such-data", option, value])
+        main([command, "no-such-sae", "--data", "no-such-data", option, value])
     assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -4,7 +4,8 @@ import json
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from tiny_llama import tiny_llama
+from transformers import AutoTokenizer
 
 from hubsae.cli import main
 from hubsae.eval import (
@@ -31,19 +32,9 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        initializer_range=0.5,  # peaked next-token distributions, so fluency has something to lose
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(
+        tokenizer, initializer_range=0.5
+    )  # peaked next-token distributions: fluency has something to lose
 
 
 @pytest.fixture(scope="module")
