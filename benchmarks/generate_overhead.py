@@ -20,7 +20,7 @@ import time
 import torch
 
 import hubsae
-from hubsae.models import load_smollm2
+from hubsae.llm import load_smollm2
 
 PROMPTS = [
     "The capital of France is",

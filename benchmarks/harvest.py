@@ -19,7 +19,7 @@ import torch
 
 from hubsae.data import ActivationStream, Harvester, harvest_blocks
 from hubsae.data.text import TextSource, contexts, special_token_mask
-from hubsae.models import load_smollm2
+from hubsae.llm import load_smollm2
 
 
 class _Stop(Exception):

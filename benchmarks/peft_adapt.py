@@ -21,7 +21,7 @@ import hubsae  # noqa: E402
 from hubsae.adapt import LoRAAdaptConfig, adapt_lora  # noqa: E402
 from hubsae.data import TextSource, contexts  # noqa: E402
 from hubsae.eval.metrics import token_cross_entropy  # noqa: E402
-from hubsae.models import load_smollm2  # noqa: E402
+from hubsae.llm import load_smollm2  # noqa: E402
 from hubsae.train import TrainConfig, Trainer  # noqa: E402
 
 

@@ -58,7 +58,7 @@ print("RESULT " + json.dumps({"tokens": len(ds) * 128, "wall": wall}))
 
 
 def run_hubsae(args, text: Path, out: Path) -> dict:
-    from hubsae.models import load_smollm2
+    from hubsae.llm import load_smollm2
     from hubsae.train import TrainConfig, Trainer
 
     model, tok = load_smollm2()
@@ -97,7 +97,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     from hubsae.data.corpora import corpus_path
-    from hubsae.models import smollm2_path
+    from hubsae.llm import smollm2_path
 
     work = Path(tempfile.mkdtemp(prefix="hubsae-e2e-"))
     text = work / "text.txt"

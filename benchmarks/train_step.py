@@ -237,7 +237,7 @@ def run_rounds(names, shape, batches, device: str, warmup: int, steps: int, roun
 def real_batches(path: str, layer: int, n_tok: int, count: int, device: str) -> list[torch.Tensor]:
     """SmolLM2-135M activations at the output of `model.layers.<layer>` on the text of `path`,
     scaled to mean norm sqrt(d_in) (as the trainer does), `count` batches of `n_tok` tokens."""
-    from hubsae.models import load_smollm2
+    from hubsae.llm import load_smollm2
 
     model, tokenizer = load_smollm2()
     ids = tokenizer(open(path, encoding="utf-8").read(), return_tensors="pt").input_ids[0]

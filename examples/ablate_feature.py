@@ -14,7 +14,7 @@ import argparse
 import torch
 
 import hubsae
-from hubsae.models import load_smollm2
+from hubsae.llm import load_smollm2
 
 TEXT = "The Eiffel Tower is in Paris, the capital of France. It was built in 1889 for the World's Fair."
 

@@ -16,7 +16,7 @@ import argparse
 import torch
 
 import hubsae
-from hubsae.models import load_smollm2
+from hubsae.llm import load_smollm2
 
 CONCEPT = ["We got married in June.", "The bride wore a white dress.", "The wedding guests danced all night."]
 NEUTRAL = ["The train leaves at noon.", "She fixed the kitchen sink.", "Prices rose by two percent."]

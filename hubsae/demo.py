@@ -18,9 +18,9 @@ import torch
 from .auto import AutoSAE
 from .eval import write_browser
 from .eval.concepts import describe_candidates, rank_concept_features
-from .eval.run import text_contexts
+from .eval.report import text_contexts
 from .eval.steering import describe_point, pick_strength, probe_scorer, steering_sweep, write_sweep
-from .models import load_smollm2
+from .llm import load_smollm2
 from .train import TrainConfig, Trainer
 
 logger = logging.getLogger(__name__)
@@ -58,18 +58,6 @@ MAX_PERPLEXITY_RATIO = 3.0  # fluency margin: the steered text's perplexity at m
 MAX_REPETITION_INCREASE = 0.2  # ... and at most 20% more repeated bigrams
 # greedy, but no verbatim loops: a 135M model otherwise repeats one steered phrase to the end
 GENERATE = {"no_repeat_ngram_size": 3}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--layer", type=int, default=6, help="residual stream after this decoder layer")
-    parser.add_argument("--expansion-factor", type=int, default=8)
-    parser.add_argument("--k", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=300_000, help="training tokens")
-    parser.add_argument("--browser-contexts", type=int, default=32, help="held-out contexts in the feature browser")
-    parser.add_argument("--output-dir", default="runs/demo")
-    parser.add_argument("--candidates", type=int, default=5, help="concept features whose steering curves are swept")
-    parser.add_argument("--neutral-contexts", type=int, default=24, help="held-out contexts of neutral text")
-    parser.add_argument("--max-new-tokens", type=int, default=20, help="tokens generated per steered prompt")
 
 
 def demo_config(args: argparse.Namespace) -> TrainConfig:

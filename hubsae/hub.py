@@ -40,21 +40,20 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import close_session
 
 from .auto import AutoSAE
-from .files import ADAPTER_DIR
 from .formats import FORMATS, NATIVE_MARKERS, UnknownFormatError, detect, open_folder
 from .hooks.hookpoints import subfolder_for
-from .models import is_hub_id
+from .llm import is_hub_id
 from .saes.base import SAE
 from .train.checkpoint import CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
 
-INDEX_NAME = "hubsae_index.json"
+HUB_INDEX_NAME = "hubsae_index.json"
 CARD_NAME = "README.md"
 INDEX_FORMAT = "hubsae-index/1"
 DEFAULT_PUSH_TIMEOUT = 600.0  # seconds for uploads + commit; SAE folders are MBs to a few GBs
 DEFAULT_TAGS = ["hubsae", "sparse-autoencoder", "interpretability"]
-_RESERVED = {INDEX_NAME, CARD_NAME, ".gitattributes"}
+_RESERVED = {HUB_INDEX_NAME, CARD_NAME, ".gitattributes"}
 
 SAEs = Mapping[str, SAE] | Sequence[SAE] | SAE
 
@@ -114,7 +113,7 @@ def push_to_hub(
             sae.save_pretrained(root / sub)
         _copy_extra_folders(extra_folders or {}, named, root)
         index_json = json.dumps({"format": INDEX_FORMAT, "saes": index}, indent=2, allow_nan=False)
-        (root / INDEX_NAME).write_text(index_json + "\n")
+        (root / HUB_INDEX_NAME).write_text(index_json + "\n")
         card.save(root / CARD_NAME)
         operations: list = [
             CommitOperationAdd(path_in_repo=path.relative_to(root).as_posix(), path_or_fileobj=str(path))
@@ -190,15 +189,15 @@ def list_saes(
 def _index_path(path_or_repo: str | os.PathLike, revision: str | None, token) -> Path:
     local = Path(path_or_repo)
     if local.is_dir():
-        if not (local / INDEX_NAME).is_file():
-            raise FileNotFoundError(f"{local} has no file {INDEX_NAME}: it is not a folder pushed by hubsae")
-        return local / INDEX_NAME
+        if not (local / HUB_INDEX_NAME).is_file():
+            raise FileNotFoundError(f"{local} has no file {HUB_INDEX_NAME}: it is not a folder pushed by hubsae")
+        return local / HUB_INDEX_NAME
     repo = str(path_or_repo)
     try:
-        return Path(hf_hub_download(repo, INDEX_NAME, revision=revision, token=token))
+        return Path(hf_hub_download(repo, HUB_INDEX_NAME, revision=revision, token=token))
     except LocalEntryNotFoundError as e:  # before EntryNotFoundError, its parent class
         raise FileNotFoundError(
-            f"{INDEX_NAME} of {repo} is not in the local cache and HF_HUB_OFFLINE is set; load it once online"
+            f"{HUB_INDEX_NAME} of {repo} is not in the local cache and HF_HUB_OFFLINE is set; load it once online"
         ) from e
     except GatedRepoError as e:
         raise FileNotFoundError(f"{repo} is gated: accept its terms on the Hub, then log in (or pass token=)") from e
@@ -208,7 +207,7 @@ def _index_path(path_or_repo: str | os.PathLike, revision: str | None, token) ->
         raise FileNotFoundError(f"{repo} has no revision {revision!r}") from e
     except EntryNotFoundError as e:
         raise FileNotFoundError(
-            f"{repo} has no file {INDEX_NAME}: it was not pushed by hubsae (load its SAEs with "
+            f"{repo} has no file {HUB_INDEX_NAME}: it was not pushed by hubsae (load its SAEs with "
             "AutoSAE.from_pretrained(repo, subfolder=...))"
         ) from e
 
@@ -279,18 +278,20 @@ def sae_entry(sae: SAE, metrics: Mapping[str, float] | None = None) -> dict:
 def _existing_index(api: HfApi, repo_id: str, revision: str | None) -> dict[str, dict]:
     """Entries already in the repo, so pushing more SAEs extends the card instead of replacing it."""
     try:
-        path = api.hf_hub_download(repo_id, INDEX_NAME, revision=revision)
+        path = api.hf_hub_download(repo_id, HUB_INDEX_NAME, revision=revision)
     except (EntryNotFoundError, RevisionNotFoundError, RepositoryNotFoundError):
         return {}
     try:
         data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{INDEX_NAME} in {repo_id} is not valid JSON ({e}); fix or delete it before pushing") from e
+        raise ValueError(
+            f"{HUB_INDEX_NAME} in {repo_id} is not valid JSON ({e}); fix or delete it before pushing"
+        ) from e
     saes = data.get("saes", {}) if isinstance(data, dict) else None
     if not isinstance(saes, dict) or not all(isinstance(e, dict) for e in saes.values()):
         # replacing it would drop the SAEs it lists from the index and the card
         raise ValueError(
-            f"{INDEX_NAME} in {repo_id} is malformed (expected {{'saes': {{subfolder: entry}}}}, got "
+            f"{HUB_INDEX_NAME} in {repo_id} is malformed (expected {{'saes': {{subfolder: entry}}}}, got "
             f"{type(saes if isinstance(data, dict) else data).__name__}); fix or delete it before pushing"
         )
     return dict(saes)
@@ -419,49 +420,3 @@ def collect_saes(directory: str | os.PathLike) -> dict[str, SAE]:
 def _is_training_state(relative: Path) -> bool:
     """A folder of a training run's checkpoints (its SAEs are copies of the final ones) or a hidden one."""
     return any(part == CHECKPOINT_DIR or part.startswith(".") for part in relative.parts)
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument(
-        "directory",
-        help="an SAE folder, or a folder of SAE folders (one subfolder per SAE); a `lora_adapter/` folder "
-        "in it (written by `hubsae adapt`) is pushed too",
-    )
-    parser.add_argument("repo_id", help="Hub repo, e.g. my-org/smollm2-topk-saes")
-    parser.add_argument("--revision", help="branch to commit to (created when missing)")
-    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
-    parser.add_argument("--private", action="store_true", help="create the repo private")
-    parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
-    parser.add_argument("--metrics", help='JSON file {subfolder: {"l0": .., "fvu": .., "dead_fraction": ..}}')
-    parser.add_argument("--message", help="commit message")
-    parser.add_argument("--base-model", help="model the SAEs read (default: from their configs)")
-    parser.add_argument("--dataset", action="append", help="training dataset id (repeatable)")
-    parser.add_argument("--license", help="license id for the card, e.g. apache-2.0")
-    parser.add_argument("--tag", action="append", help="extra card tag (repeatable)")
-    parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_PUSH_TIMEOUT, help="seconds before giving up on the Hub (default 600)"
-    )
-
-
-def run(args) -> None:
-    saes = collect_saes(args.directory)
-    adapter = Path(args.directory) / ADAPTER_DIR
-    extra = {ADAPTER_DIR: adapter} if (adapter / "adapter_config.json").is_file() else None
-    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
-    info = push_to_hub(
-        saes,
-        args.repo_id,
-        metrics=metrics,
-        commit_message=args.message,
-        private=args.private or None,
-        token=args.token,
-        revision=args.revision,
-        create_pr=args.create_pr,
-        base_model=args.base_model,
-        datasets=args.dataset,
-        license=args.license,
-        tags=args.tag,
-        extra_folders=extra,
-        timeout=args.timeout,
-    )
-    logger.info("%d SAE(s) (%s) -> %s", len(saes), ", ".join(sorted(saes)), info.pr_url or info.commit_url)

@@ -114,7 +114,7 @@ def smollm2_activations(layer: int, n_tokens: int, seq_len: int = 128) -> Tensor
     path = CACHE / f"smollm2_L{layer}_{n_tokens}_{seq_len}.safetensors"
     if path.exists():
         return load_file(path)["acts"]
-    from hubsae.models import load_smollm2
+    from hubsae.llm import load_smollm2
 
     model, tok = load_smollm2()
     ids = tok(_fortunes_text(n_tokens * 8), return_tensors="pt").input_ids[0]

@@ -22,7 +22,7 @@ from .stream import Block, BlockSource
 
 logger = logging.getLogger(__name__)
 
-INDEX_NAME = "index.json"
+CACHE_INDEX_NAME = "index.json"
 CACHE_FORMAT = "hubsae-activation-cache/1"
 
 
@@ -59,15 +59,15 @@ def write_cache(
     if not shards:
         raise ValueError(f"no activations to cache in {str(folder)!r}: the data gave no full block")
     index = {"format": CACHE_FORMAT, "hookpoints": dims, "n_tokens": total, "shards": shards, "metadata": metadata}
-    atomic_write_text(folder / INDEX_NAME, json.dumps(index, indent=2))
+    atomic_write_text(folder / CACHE_INDEX_NAME, json.dumps(index, indent=2))
     logger.info("cached %d activations in %d shards at %s", total, len(shards), folder)
     return index
 
 
 def read_index(folder: str | os.PathLike) -> dict:
-    path = Path(folder) / INDEX_NAME
+    path = Path(folder) / CACHE_INDEX_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{str(folder)!r} is not an activation cache: {INDEX_NAME} is missing")
+        raise FileNotFoundError(f"{str(folder)!r} is not an activation cache: {CACHE_INDEX_NAME} is missing")
     index = json.loads(path.read_text())
     if index.get("format") != CACHE_FORMAT:
         raise ValueError(f"{path}: unknown cache format {index.get('format')!r}, expected {CACHE_FORMAT!r}")

@@ -15,7 +15,7 @@ from .metrics import (
     token_kl,
 )
 from .plots import plot_density_histogram, plot_training_curves, read_history
-from .run import browser_data, metrics_table, numeric_metrics, text_contexts, write_browser, write_report
+from .report import browser_data, metrics_table, numeric_metrics, text_contexts, write_browser, write_report
 from .stats import LogitEffects, logit_effects, unembedding
 from .steering import (
     SteeringCurve,

@@ -16,7 +16,7 @@ Each reader returns a hubsae config and a state dict with the same math as the o
 import logging
 
 from ..saes.base import SAE
-from .base import Format, build_sae, pickle_files, read_json
+from .base import Format, pickle_files, read_json, sae_from_state
 from .files import SAEFolder, open_folder
 from .gemma_scope import GemmaScope2Format, GemmaScopeFormat
 from .llama_scope import LlamaScopeFormat
@@ -70,7 +70,7 @@ def detect(folder: SAEFolder) -> Format | str:
 def load_converted(fmt: Format, folder: SAEFolder) -> SAE:
     """Read a published SAE into the hubsae class with the same math."""
     config, state = fmt.read(folder)
-    sae = build_sae(config, state, folder.where)
+    sae = sae_from_state(config, state, folder.where)
     logger.info(
         "loaded %s SAE from %s as %s (hookpoint %r)", fmt.name, folder.where, type(sae).__name__, config.hookpoint
     )

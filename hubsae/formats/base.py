@@ -57,7 +57,7 @@ def check_shapes(state: dict[str, Tensor], d_in: int, d_sae: int, path: Path) ->
         raise ValueError(f"{path}: tensors with the wrong shape for d_in={d_in}, d_sae={d_sae}: {', '.join(bad)}")
 
 
-def build_sae(config: SAEConfig, state: dict[str, Tensor], where: str) -> SAE:
+def sae_from_state(config: SAEConfig, state: dict[str, Tensor], where: str) -> SAE:
     """The registered class for `config`, holding exactly `state` (no tensor initialized at random)."""
     cls = REGISTRY[config.model_type][1]
     with torch.device("meta"):  # shapes only: the weights come from the file

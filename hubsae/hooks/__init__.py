@@ -1,6 +1,6 @@
 """Attach SAEs to Hugging Face models: hookpoint names and interventions."""
 
-from .codes import SparseFeatures
+from .features import SparseFeatures
 from .hookpoints import Hookpoint, activation_width, layer_list, resolve_hookpoint, unwrap_peft
 from .interventions import Recording, ablate, clamp, record, splice, steer
 

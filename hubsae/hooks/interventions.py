@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..saes.base import SAE
 from .attach import HookFn, PositionTracker, add_hook, check_positions, hooks_removed
-from .codes import SparseFeatures, decode_linear, encode, reconstruct, to_model_units, unit_directions
+from .features import SparseFeatures, decode_linear, encode, reconstruct, to_model_units, unit_directions
 from .hookpoints import Hookpoint, activation_width, resolve_hookpoint
 
 SAEs = SAE | Sequence[SAE] | Mapping[str, SAE]

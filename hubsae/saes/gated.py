@@ -29,7 +29,7 @@ class GatedSAEConfig(SAEConfig):
             raise ValueError(f"l1_coefficient must be >= 0, got {self.l1_coefficient}")
 
     def loss_weights(self) -> dict[str, float]:
-        return {"mse": 1.0, "l1": self.l1_coefficient, "aux": 1.0}
+        return {"mse": 1.0, "l1": self.l1_coefficient, "gate_mse": 1.0}
 
 
 class GatedSAE(SAE):
@@ -56,7 +56,7 @@ class GatedSAE(SAE):
         gate = torch.relu(pre_acts)
         out["l1"] = gate.sum(-1).mean()
         x_gate = gate @ self.W_dec.detach() + self.b_dec.detach()
-        out["aux"] = (x - x_gate).pow(2).sum(-1).mean()
+        out["gate_mse"] = (x - x_gate).pow(2).sum(-1).mean()
         return out
 
 

@@ -125,7 +125,7 @@ class KronSAEConfig(TopKSAEConfig):
             weights = {"mse": 0.0, "prefix_mse": 1.0}
         if self.activation == "jumprelu":
             return {**weights, "l0": self.l0_coefficient}
-        return {**weights, "auxk": self.aux_coefficient}
+        return {**weights, "auxk": self.auxk_coefficient}
 
     def flops_per_token(self) -> int:
         return kron_flops(self.d_in, self.num_heads, self.m, self.n, self.k)

@@ -3,7 +3,7 @@
 The latents are ordered into groups of sizes s_1..s_G; with prefixes m_g = s_1 + ... + s_g, every
 prefix of the dictionary must reconstruct on its own (papers.md §4.6):
 
-    L = sum_g w_g ||x - (f[:m_g] W_dec[:m_g] + b_dec)||^2 + aux_coefficient * L_aux
+    L = sum_g w_g ||x - (f[:m_g] W_dec[:m_g] + b_dec)||^2 + auxk_coefficient * L_aux
 
 w_g = 1/G by default (dictionary_learning's mean); KronSAE's eq. 6 uses w_g = 1 (a plain sum,
 `group_weights=[1.0] * G`). The mean is the default because it keeps the loss on the scale of one
@@ -83,7 +83,7 @@ class MatryoshkaSAEConfig(BatchTopKSAEConfig):
         return list(self.group_sizes) if self.group_sizes is not None else default_group_sizes(self.d_sae)
 
     def loss_weights(self) -> dict[str, float]:
-        return {"mse": 0.0, "prefix_mse": 1.0, "auxk": self.aux_coefficient}
+        return {"mse": 0.0, "prefix_mse": 1.0, "auxk": self.auxk_coefficient}
 
 
 class MatryoshkaSAE(BatchTopKSAE):

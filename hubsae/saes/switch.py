@@ -5,11 +5,11 @@ N expert TopK SAEs of F/N latents each share b_dec; a router sends each token to
     p(x) = softmax((x - b_router) W_router),  e = argmax_i p_i(x)
     f = p_e(x) * TopK_k(ReLU((x - b_dec) W_enc[:, block e] + b_enc[block e]))   (zero outside block e)
     x_hat = f W_dec + b_dec
-    L = ||x - x_hat||^2 + lb_alpha * d_in * L_lb,   L_lb = N * sum_i frac_i * P_i
+    L = ||x - x_hat||^2 + lb_coefficient * d_in * L_lb,   L_lb = N * sum_i frac_i * P_i
 
 frac_i is the fraction of tokens routed to expert i (no gradient) and P_i the mean router
-probability of expert i; lb_alpha = 0.01 as in the official trainer, which also computes AuxK but
-does not add it (aux_coefficient defaults to 0 here; set it to train with AuxK).
+probability of expert i; lb_coefficient = 0.01 as in the official trainer, which also computes AuxK but
+does not add it (auxk_coefficient defaults to 0 here; set it to train with AuxK).
 The router gate p_e is folded into the features so that `decode(encode(x))` is the reconstruction
 and the sparse path works unchanged; gradients reach the router through it.
 
@@ -35,29 +35,29 @@ from .topk import TopKSAE, TopKSAEConfig
 class SwitchSAEConfig(TopKSAEConfig):
     """Args:
     num_experts: N; d_sae must be a multiple of it and k at most d_sae / N.
-    lb_alpha: load-balancing weight; the loss term is weighted lb_alpha * d_in (official trainer).
+    lb_coefficient: load-balancing weight; the loss term is weighted lb_coefficient * d_in (official trainer).
     k: active latents per token, all inside the routed expert.
     """
 
     model_type = "hubsae_switch"
     num_experts: int = 8
-    lb_alpha: float = 0.01
-    aux_coefficient: float = 0.0
+    lb_coefficient: float = 0.01
+    auxk_coefficient: float = 0.0
 
     def validate_experts(self):
         if self.num_experts <= 0 or self.d_sae % self.num_experts:
             raise ValueError(f"d_sae={self.d_sae} must be a positive multiple of num_experts={self.num_experts}")
         if self.k > self.expert_size:
             raise ValueError(f"k={self.k} exceeds the expert size d_sae/num_experts={self.expert_size}")
-        if self.lb_alpha < 0:
-            raise ValueError(f"lb_alpha must be >= 0, got {self.lb_alpha}")
+        if self.lb_coefficient < 0:
+            raise ValueError(f"lb_coefficient must be >= 0, got {self.lb_coefficient}")
 
     @property
     def expert_size(self) -> int:
         return self.d_sae // self.num_experts
 
     def loss_weights(self) -> dict[str, float]:
-        return {"mse": 1.0, "auxk": self.aux_coefficient, "load_balance": self.lb_alpha * self.d_in}
+        return {"mse": 1.0, "auxk": self.auxk_coefficient, "load_balance": self.lb_coefficient * self.d_in}
 
 
 class SwitchSAE(TopKSAE):

@@ -1,7 +1,7 @@
 """TopK SAE (Gao et al. 2024, "Scaling and evaluating sparse autoencoders"), with AuxK.
 
 f = TopK_k(ReLU((x - b_dec) W_enc + b_enc)), x_hat = f W_dec + b_dec   (arXiv 2406.04093).
-L = ||x - x_hat||^2 + aux_coefficient * L_aux, where AuxK reconstructs the residual from the
+L = ||x - x_hat||^2 + auxk_coefficient * L_aux, where AuxK reconstructs the residual from the
 top-k_aux dead latents (dead = not fired within the trainer's window).
 
 Training forwards (losses computed) go through `hubsae.ops.SparseTopKCode`: the same loss,
@@ -26,13 +26,13 @@ class TopKSAEConfig(SAEConfig):
     """Args:
     k: active latents per token.
     k_aux: dead latents used by AuxK; None means d_in // 2 (dictionary_learning's default).
-    aux_coefficient: weight of the AuxK loss (1/32 in the paper).
+    auxk_coefficient: weight of the AuxK loss (1/32 in the paper).
     """
 
     model_type = "hubsae_topk"
     k: int = 32
     k_aux: int | None = None
-    aux_coefficient: float = 1 / 32
+    auxk_coefficient: float = 1 / 32
 
     def validate_k(self):
         if not 0 < self.k <= self.d_sae:
@@ -41,7 +41,7 @@ class TopKSAEConfig(SAEConfig):
             raise ValueError(f"k_aux must be positive, got {self.k_aux}")
 
     def loss_weights(self) -> dict[str, float]:
-        return {"mse": 1.0, "auxk": self.aux_coefficient}
+        return {"mse": 1.0, "auxk": self.auxk_coefficient}
 
     @property
     def resolved_k_aux(self) -> int:

@@ -30,11 +30,11 @@ from ..files import atomic_write_text
 from ..plots import have_matplotlib, plot_training_curves
 from ..saes.base import SAE
 from . import checkpoint as ckpt
+from .build import SAEBundle, ensure_cache, estimate_and_build, load_model, make_stream
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .methods import OrthoTerm, make_pam
 from .metrics import DeadLatentTracker, batch_metrics, make_logger, resolve_trackers
 from .schedules import lr_factor, sparsity_factor
-from .setup import SAEBundle, ensure_cache, estimate_and_build, load_model, make_stream
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from transformers import AutoTokenizer
 from hubsae.cli import main
 from hubsae.eval import evaluate, write_browser
 from hubsae.eval.plots import have_matplotlib
-from hubsae.eval.run import text_contexts
+from hubsae.eval.report import text_contexts
 from hubsae.hub import sae_entry
-from hubsae.models import smollm2_path
+from hubsae.llm import smollm2_path
 from hubsae.saes import TopKSAE, TopKSAEConfig
 
 DOCS = [

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hubsae.eval import evaluate, text_contexts, write_browser
-from hubsae.models import load_smollm2
+from hubsae.llm import load_smollm2
 from hubsae.saes import ReLUSAE, ReLUSAEConfig, TopKSAE, TopKSAEConfig
 
 TEXT = (

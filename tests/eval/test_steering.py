@@ -19,7 +19,7 @@ from hubsae.eval import (
 )
 from hubsae.eval.concepts import describe_candidates
 from hubsae.eval.plots import have_matplotlib
-from hubsae.models import smollm2_path
+from hubsae.llm import smollm2_path
 from hubsae.saes import TopKSAE, TopKSAEConfig
 
 PROMPTS = ["The weather today is", "My favourite thing is"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import hubsae
-from hubsae.models import load_smollm2
+from hubsae.llm import load_smollm2
 
 pytestmark = pytest.mark.slow
 

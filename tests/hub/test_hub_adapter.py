@@ -9,8 +9,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import hubsae
-from hubsae import hub as hub_cli
 from hubsae.adapt import load_adapted, save_adapted
+from hubsae.cli import push as hub_cli
 
 REPO = "tester/adapted-sae"
 

@@ -8,16 +8,17 @@ import pytest
 import torch
 
 import hubsae
-from hubsae import AutoSAE, hub, list_saes
+from hubsae import AutoSAE, list_saes
 from hubsae.cli import COMMANDS
+from hubsae.cli import push as push_cli
 
 
 def _push(argv: list[str]) -> None:
     """What `hubsae push ...` runs (the other subcommands are not imported here)."""
-    assert ("push", "hubsae.hub") in [(name, module) for name, module, _ in COMMANDS]
+    assert ("push", "hubsae.cli.push") in [(name, module) for name, module, _ in COMMANDS]
     parser = argparse.ArgumentParser(prog="hubsae push")
-    hub.add_arguments(parser)
-    hub.run(parser.parse_args(argv))
+    push_cli.add_arguments(parser)
+    push_cli.run(parser.parse_args(argv))
 
 
 def test_push_a_folder_of_sae_folders(hub, tmp_path):

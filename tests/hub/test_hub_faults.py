@@ -10,7 +10,7 @@ from huggingface_hub import HfApi
 
 import hubsae
 from hubsae import list_saes, push_to_hub
-from hubsae.hub import INDEX_NAME
+from hubsae.hub import HUB_INDEX_NAME
 
 
 def _sae(layer: int = 1) -> hubsae.TopKSAE:
@@ -48,16 +48,16 @@ def test_a_server_that_never_answers_the_commit_times_out(hub, monkeypatch):
 )
 def test_a_malformed_remote_index_is_refused_not_replaced(hub, index):
     push_to_hub(_sae(1), "tester/index")
-    HfApi().upload_file(path_or_fileobj=json.dumps(index).encode(), path_in_repo=INDEX_NAME, repo_id="tester/index")
-    with pytest.raises(ValueError, match=f"{INDEX_NAME} in tester/index is malformed"):
+    HfApi().upload_file(path_or_fileobj=json.dumps(index).encode(), path_in_repo=HUB_INDEX_NAME, repo_id="tester/index")
+    with pytest.raises(ValueError, match=f"{HUB_INDEX_NAME} in tester/index is malformed"):
         push_to_hub(_sae(2), "tester/index")
-    remote = json.loads(open(HfApi().hf_hub_download("tester/index", INDEX_NAME)).read())
+    remote = json.loads(open(HfApi().hf_hub_download("tester/index", HUB_INDEX_NAME)).read())
     assert remote == index  # untouched
 
 
 def test_undefined_metrics_are_written_as_json_null(hub):
     push_to_hub(_sae(), "tester/nan", metrics={"model.layers.1": {"fvu": float("nan"), "l0": 2.0}})
-    raw = open(HfApi().hf_hub_download("tester/nan", INDEX_NAME)).read()
+    raw = open(HfApi().hf_hub_download("tester/nan", HUB_INDEX_NAME)).read()
     assert "NaN" not in raw
     entry = json.loads(raw)["saes"]["model.layers.1"]
     assert entry["metrics"] == {"fvu": None, "l0": 2.0}

@@ -8,7 +8,7 @@ from huggingface_hub import HfApi, ModelCard
 
 import hubsae
 from hubsae import AutoSAE, JumpReLUSAE, JumpReLUSAEConfig, TopKSAE, TopKSAEConfig, list_saes, push_to_hub
-from hubsae.hub import INDEX_NAME
+from hubsae.hub import HUB_INDEX_NAME
 
 REPO = "tester/tiny-saes"
 
@@ -48,7 +48,7 @@ def test_push_three_saes_in_one_commit_and_pull_each(hub):
     commits = [p for m, p in hub.state.requests if m == "POST" and "/commit/" in p]
     assert len(commits) == 1  # all SAEs, the index and the card in one commit
     files = set(HfApi().list_repo_files(REPO))
-    assert {"README.md", INDEX_NAME} <= files
+    assert {"README.md", HUB_INDEX_NAME} <= files
     for sub in saes:
         assert {f"{sub}/config.json", f"{sub}/model.safetensors"} <= files
     for sub, sae in saes.items():
@@ -129,13 +129,13 @@ def test_missing_repo_subfolder_and_revision_fail_clearly(hub):
     with pytest.raises(FileNotFoundError, match="neither a local folder nor a Hub repo"):
         list_saes("tester/nope")
     HfApi().create_repo("tester/no-index")
-    with pytest.raises(FileNotFoundError, match=f"has no file {INDEX_NAME}"):
+    with pytest.raises(FileNotFoundError, match=f"has no file {HUB_INDEX_NAME}"):
         list_saes("tester/no-index")
 
 
 def test_index_is_json_with_format(hub):
     push_to_hub(_saes(), REPO)
-    path = HfApi().hf_hub_download(REPO, INDEX_NAME)
+    path = HfApi().hf_hub_download(REPO, HUB_INDEX_NAME)
     data = json.loads(open(path).read())
     assert data["format"] == "hubsae-index/1"
 

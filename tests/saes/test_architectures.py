@@ -121,7 +121,7 @@ def test_gated_matches_paper_formula():
     f = (pi_gate > 0).float() * torch.relu(xc @ w_mag + sae.b_mag)
     torch.testing.assert_close(out.features, f)
     aux = (x - (torch.relu(pi_gate) @ sae.W_dec + sae.b_dec)).pow(2).sum(-1).mean()
-    torch.testing.assert_close(out.losses["aux"], aux)
+    torch.testing.assert_close(out.losses["gate_mse"], aux)
     torch.testing.assert_close(out.losses["l1"], torch.relu(pi_gate).sum(-1).mean())
 
 

@@ -50,7 +50,7 @@ def test_load_balance_loss_and_total_loss():
     frac = torch.bincount(expert, minlength=4).float() / 64
     lb = 4 * (frac * probs.mean(0)).sum()
     torch.testing.assert_close(out.losses["load_balance"], lb)
-    torch.testing.assert_close(out.loss, out.losses["mse"] + 0.01 * 8 * lb)  # lb_alpha * d_in, AuxK weight 0
+    torch.testing.assert_close(out.loss, out.losses["mse"] + 0.01 * 8 * lb)  # lb_coefficient * d_in, AuxK weight 0
     uniform = sae.load_balance_loss(torch.full((8, 4), 0.25), torch.arange(8) % 4)
     assert uniform.item() == pytest.approx(1.0)
     collapsed = sae.load_balance_loss(torch.tensor([[0.7, 0.1, 0.1, 0.1]] * 8), torch.zeros(8, dtype=torch.long))

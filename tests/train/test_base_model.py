@@ -2,7 +2,7 @@
 
 import json
 
-from hubsae.models import SMOLLM2_NAME, hub_model_id
+from hubsae.llm import SMOLLM2_NAME, hub_model_id
 from hubsae.train.trainer import Trainer
 
 

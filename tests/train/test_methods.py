@@ -21,7 +21,7 @@ def test_ortho_term_is_gamma_times_the_penalty_on_a_step_seeded_partition(tiny_c
     sae = TopKSAE(TopKSAEConfig(d_in=32, d_sae=64, k=4))
     trainer.saes = {"h": sae}
     out = sae(torch.randn(16, 32), compute_losses=True)
-    base = out.losses["mse"] + sae.config.aux_coefficient * out.losses["auxk"]
+    base = out.losses["mse"] + sae.config.auxk_coefficient * out.losses["auxk"]
     for step, weight in ((4, 0.5 * 2 * 32), (5, 0.0)):  # gamma * every * d_in: paper units vs our summed MSE
         trainer.step = step
         gen = torch.Generator().manual_seed(3 * 1_000_003 + step * 101)

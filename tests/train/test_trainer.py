@@ -50,7 +50,7 @@ def test_input_scale_makes_the_mean_norm_sqrt_d_in(tiny_config, tiny_lm):
     trainer = Trainer(cfg, model=model, tokenizer=tok)
     sae = trainer.train()["model.layers.1"]
     from hubsae.data.stream import ActivationStream
-    from hubsae.train.setup import harvest_source
+    from hubsae.train.build import harvest_source
 
     stream = ActivationStream(harvest_source(cfg, model, tok, cfg.hookpoints), cfg.batch_size, cfg.seed)
     it = stream()

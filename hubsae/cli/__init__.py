@@ -7,13 +7,13 @@ import os
 
 # (name, module, help): the module defines `add_arguments(parser)` and `run(args)`.
 COMMANDS = [
-    ("demo", "hubsae.demo", "the README's main job on the embedded SmolLM2"),
-    ("eval", "hubsae.eval.cli", "evaluate SAEs on held-out text: FVU, L0, dead latents, CE loss recovered, KL"),
-    ("browse", "hubsae.eval.browse", "write a static HTML feature browser for an SAE"),
-    ("train", "hubsae.train.cli", "train SAEs from a YAML recipe (also under `accelerate launch`)"),
-    ("adapt", "hubsae.adapt", "train LoRA adapters on the LLM around a frozen, spliced SAE (from a YAML recipe)"),
-    ("push", "hubsae.hub", "push a folder of SAEs to the Hub in one commit, with a model card and an index"),
-    ("steer", "hubsae.hooks.cli", "generate with and without adding SAE feature directions, side by side"),
+    ("demo", "hubsae.cli.demo", "the README's main job on the embedded SmolLM2"),
+    ("eval", "hubsae.cli.eval", "evaluate SAEs on held-out text: FVU, L0, dead latents, CE loss recovered, KL"),
+    ("browse", "hubsae.cli.browse", "write a static HTML feature browser for an SAE"),
+    ("train", "hubsae.cli.train", "train SAEs from a YAML recipe (also under `accelerate launch`)"),
+    ("adapt", "hubsae.cli.adapt", "train LoRA adapters on the LLM around a frozen, spliced SAE (from a YAML recipe)"),
+    ("push", "hubsae.cli.push", "push a folder of SAEs to the Hub in one commit, with a model card and an index"),
+    ("steer", "hubsae.cli.steer", "generate with and without adding SAE feature directions, side by side"),
 ]
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..data.cache import INDEX_NAME, cache_blocks, write_cache
+from ..data.cache import CACHE_INDEX_NAME, cache_blocks, write_cache
 from ..data.stream import ActivationStream, Block, BlockSource, harvest_blocks
 from ..data.text import TextSource, contexts
-from ..models import hub_model_id
+from ..llm import hub_model_id
 from ..saes.base import REGISTRY, SAE, SAEConfig
 from .config import TrainConfig
 
@@ -22,7 +22,7 @@ PAM_OFF = ("normalize_decoder", "subtract_b_dec")
 
 def load_model(config: TrainConfig):
     """(model, tokenizer) for `config.model`, in eval mode with frozen weights."""
-    from ..models import load_causal_lm
+    from ..llm import load_causal_lm
 
     model, tokenizer = load_causal_lm(config.model, getattr(torch, config.model_dtype))
     model.eval().requires_grad_(False)
@@ -57,7 +57,7 @@ def harvest_source(config: TrainConfig, model, tokenizer, hookpoints: list[str],
 def ensure_cache(config: TrainConfig, model, tokenizer) -> None:
     """Harvest into `config.activation_cache` unless it already holds an index (main process only)."""
     folder = Path(config.activation_cache)
-    if (folder / INDEX_NAME).is_file():
+    if (folder / CACHE_INDEX_NAME).is_file():
         return
     logger.info("harvesting %d tokens into the activation cache %s", config.max_tokens, folder)
     blocks = harvest_source(config, model, tokenizer, config.hookpoints)(0, 0)
@@ -101,7 +101,7 @@ def _sae_field_names(config_cls) -> set[str]:
     return names
 
 
-def build_sae(config: TrainConfig, hookpoint: str, d_in: int, scale: float, mean: Tensor, index: int) -> SAE:
+def init_sae(config: TrainConfig, hookpoint: str, d_in: int, scale: float, mean: Tensor, index: int) -> SAE:
     """A fresh SAE for one hookpoint, seeded by its position in the recipe (not by the process layout)."""
     if config.architecture not in REGISTRY:
         raise ValueError(f"unknown architecture {config.architecture!r}; registered: {sorted(REGISTRY)}")
@@ -146,7 +146,7 @@ def estimate_and_build(config: TrainConfig, hookpoints: list[str], first: list[B
         if not math.isfinite(norm) or norm <= 0:
             raise ValueError(f"hookpoint {name!r}: mean activation norm is {norm}; cannot normalize")
         scale = math.sqrt(d_in) / norm
-        saes[name] = build_sae(config, name, d_in, scale, mean, config.hookpoints.index(name))
+        saes[name] = init_sae(config, name, d_in, scale, mean, config.hookpoints.index(name))
         logger.info("SAE for %s: d_in=%d d_sae=%d input_scale=%.4g", name, d_in, saes[name].config.d_sae, scale)
     return saes
 

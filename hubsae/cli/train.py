@@ -7,7 +7,7 @@ The trained SAEs land in `<output_dir>/<hookpoint>/`, loadable with `AutoSAE.fro
 import argparse
 import logging
 
-from .config import TrainConfig
+from ..train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from .trainer import Trainer, exit_after_distributed
+    from ..train.trainer import Trainer, exit_after_distributed
 
     config = TrainConfig.from_yaml(args.recipe, args.override)
     trainer = Trainer(config)

@@ -7,8 +7,8 @@ import logging
 import torch
 
 from ..auto import AutoSAE
-from .lm import evaluate
-from .run import metrics_table, text_contexts, write_report
+from ..eval.lm import evaluate
+from ..eval.report import metrics_table, text_contexts, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_model_and_saes(args: argparse.Namespace):
     """(model, tokenizer, saes) on `args.device`, the model in eval mode."""
-    from ..models import load_causal_lm
+    from ..llm import load_causal_lm
 
     model, tokenizer = load_causal_lm(args.model)
     model = model.to(args.device)

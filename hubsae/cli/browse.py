@@ -3,8 +3,8 @@ offline): density plot, activation histograms, top contexts with highlighted tok
 
 import argparse
 
-from .cli import add_model_and_data_arguments, load_model_and_saes, non_negative_int, positive_int
-from .run import write_browser
+from ..eval.report import write_browser
+from .eval import add_model_and_data_arguments, load_model_and_saes, non_negative_int, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ import logging
 
 import torch
 
-from ..models import load_causal_lm
+from ..llm import load_causal_lm
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @torch.no_grad()
 def run(args: argparse.Namespace) -> None:
     from ..auto import AutoSAE
-    from .interventions import steer
+    from ..hooks.interventions import steer
 
     model, tokenizer = load_causal_lm(args.model)
     sae = AutoSAE.from_pretrained(args.sae, subfolder=args.subfolder).eval()
