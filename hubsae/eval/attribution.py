@@ -1,0 +1,349 @@
+"""Which features made the model say that: attribution of a scalar metric to SAE features and errors.
+
+At a hookpoint with an SAE, the activation splits into nodes: x = base + sum_i f_i d_i + e, with f_i
+the features, d_i the decoder rows in the model's units, base the decoder bias in the model's units
+and e the SAE's error term. A node's attribution estimates m(clean) - m(node set to 0):
+- "atp", attribution patching (Syed et al., arXiv 2310.10348; Marks et al., arXiv 2403.19647 §2):
+  f_i * dm/df_i on the clean run (for the error, e . dm/de), every node of every SAE from one
+  forward and one backward. Gradients are total derivatives through the unchanged model: each hook
+  returns its input's value exactly, so the downstream SAEs only read, never edit.
+- "ig", integrated gradients (Sundararajan et al., arXiv 1703.01365) along the straight line from
+  base to x, one hookpoint at a time: `steps` forwards and backwards per hookpoint; the nodes of a
+  hookpoint sum to m(clean) - m(x replaced by base) up to the quadrature error.
+Edges (Marks et al. §2.2's AtP on the downstream node): for a downstream feature activation a_j,
+the weight from an upstream node n is n's activation times d a_j / d n, through the model.
+"""
+
+import math
+import numbers
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..hooks.attach import add_hook, hooks_removed
+from ..hooks.features import decode_linear, encode, to_model_units
+from ..hooks.hookpoints import Hookpoint
+from ..hooks.interventions import SAEs, attachments
+from ..saes.base import SAE
+from .attribution_result import Attribution, Edge, SiteResult, ablation_check, node_id
+
+__all__ = ["Attribution", "Edge", "attribute", "logit_diff", "token_logprob", "token_id", "METHODS"]
+
+METHODS = ("atp", "ig")
+Metric = Callable[[Tensor], Tensor]
+
+
+# ---- metrics -----------------------------------------------------------------------------------
+
+
+def token_id(token: int | str, tokenizer=None) -> int:
+    """A token's id: an int as given, a string through the tokenizer (it must be one token)."""
+    if isinstance(token, numbers.Integral) and not isinstance(token, bool):
+        if token < 0:
+            raise ValueError(f"token id {token} is negative")
+        return int(token)
+    if not isinstance(token, str):
+        raise TypeError(f"a token is an int id or a string, got {type(token).__name__}")
+    if tokenizer is None:
+        raise ValueError(f"token {token!r} is a string: pass tokenizer= to turn it into an id")
+    ids = tokenizer.encode(token, add_special_tokens=False)
+    if len(ids) != 1:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise ValueError(
+            f"token {token!r} is not in the vocabulary as one token: it encodes to {len(ids)} ids {ids} {pieces}; "
+            "pick a single token (mind the leading space, e.g. ' Paris')"
+        )
+    return ids[0]
+
+
+def _check_vocab(ids: list[int], logits: Tensor) -> None:
+    vocab = logits.shape[-1]
+    bad = [i for i in ids if i >= vocab]
+    if bad:
+        raise ValueError(f"token ids {bad} are not in the vocabulary: the logits have {vocab} entries")
+
+
+def token_logprob(token: int | str, tokenizer=None, position: int = -1) -> Metric:
+    """Metric: log p(token) at `position` (default: the last), summed over the batch."""
+    tid = token_id(token, tokenizer)
+
+    def metric(logits: Tensor) -> Tensor:
+        _check_vocab([tid], logits)
+        return torch.log_softmax(logits[:, position].float(), dim=-1)[:, tid].sum()
+
+    metric.__name__ = f"logprob[{token!r}]"
+    return metric
+
+
+def logit_diff(token: int | str, other: int | str, tokenizer=None, position: int = -1) -> Metric:
+    """Metric: logit(token) - logit(other) at `position` (default: the last), summed over the batch."""
+    a, b = token_id(token, tokenizer), token_id(other, tokenizer)
+
+    def metric(logits: Tensor) -> Tensor:
+        _check_vocab([a, b], logits)
+        last = logits[:, position].float()
+        return (last[:, a] - last[:, b]).sum()
+
+    metric.__name__ = f"logit[{token!r}] - logit[{other!r}]"
+    return metric
+
+
+def _metric_value(metric: Metric, logits: Tensor) -> Tensor:
+    """metric(logits), checked: a finite real scalar that depends on the logits."""
+    value = metric(logits)
+    name = getattr(metric, "__name__", type(metric).__name__)
+    if not isinstance(value, Tensor):
+        raise TypeError(f"the metric {name} must return a scalar tensor, got {type(value).__name__}")
+    if value.numel() != 1:
+        raise ValueError(
+            f"the metric {name} must return a scalar, got a tensor of shape {tuple(value.shape)}; "
+            "reduce it (e.g. .sum() or .mean())"
+        )
+    if not value.is_floating_point():
+        raise TypeError(f"the metric {name} must return a float tensor, got dtype {value.dtype}")
+    if logits.requires_grad and not value.requires_grad:
+        raise ValueError(f"the metric {name} does not depend on the logits (its value carries no gradient)")
+    if not math.isfinite(float(value.detach())):
+        raise ValueError(f"the metric {name} is {float(value.detach())} on the clean run")
+    return value.reshape(())
+
+
+# ---- the hooked forward ------------------------------------------------------------------------
+
+
+@dataclass
+class _Site:
+    """One SAE's nodes on the clean run; `values` and `zero` are the leaves gradients are taken for."""
+
+    hookpoint: Hookpoint
+    sae: SAE
+    order: int = -1
+    indices: Tensor | None = None  # (B, T, k)
+    values: Tensor | None = None  # (B, T, k), requires grad
+    zero: Tensor | None = None  # (B, T, d), zeros, requires grad: d m / d zero = d m / d x
+    error: Tensor | None = None  # (B, T, d), detached
+    base: Tensor | None = None  # (B, T, d), the activation with every feature and the error at 0
+    stats: object = None
+    x: Tensor | None = None  # (B, T, d) the activation in the graph (for edges)
+    atp: tuple[Tensor, Tensor] | None = None  # (features (B, T, k), errors (B, T)) attributions
+
+
+def _on_sae(x: Tensor, sae: SAE, hp: Hookpoint) -> Tensor:
+    if x.shape[-1] != sae.config.d_in:
+        raise ValueError(
+            f"{type(sae).__name__} has d_in={sae.config.d_in} but the activation at hookpoint {hp.name!r} "
+            f"has shape {tuple(x.shape)}"
+        )
+    return x.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
+
+
+def _capture_hook(site: _Site, fired: list[_Site]):
+    """Read the SAE's nodes and return x + (r(v) - r(v).detach()) + zero: x's value, exactly."""
+
+    def fn(x: Tensor) -> Tensor:
+        if site.values is not None:
+            raise RuntimeError(f"hookpoint {site.hookpoint.name!r} ran twice in one forward; attribute one forward")
+        sae = site.sae
+        x_sae = _on_sae(x, sae, site.hookpoint)
+        with torch.no_grad():
+            code = encode(sae, x_sae)
+        f = code.features
+        site.indices, site.stats, site.order = f.indices, code.stats, len(fired)
+        site.values = f.values.detach().clone().requires_grad_(True)
+        linear = to_model_units(sae, decode_linear(sae, f.indices, site.values), code.stats)
+        with torch.no_grad():
+            site.base = sae.denormalize(sae.b_dec.expand_as(x_sae), code.stats)
+            site.error = x_sae - site.base - linear
+        site.zero = torch.zeros_like(x_sae, requires_grad=True)
+        site.x = x_sae
+        fired.append(site)
+        return (x_sae + (linear - linear.detach()) + site.zero).to(device=x.device, dtype=x.dtype)
+
+    return fn
+
+
+def _model_inputs(inputs) -> dict:
+    if isinstance(inputs, Tensor):
+        return {"input_ids": inputs if inputs.dim() == 2 else inputs.reshape(1, -1)}
+    if isinstance(inputs, Mapping) and "input_ids" in inputs:
+        return dict(inputs)
+    raise TypeError("inputs must be a tokenizer's output (with input_ids) or a tensor of token ids")
+
+
+def _forward(model: nn.Module, inputs: dict, metric: Metric, hooks: list) -> Tensor:
+    handles = []
+    with hooks_removed(handles), torch.enable_grad():
+        for hp, fn in hooks:
+            handles.append(add_hook(hp, fn))
+        logits = model(**inputs).logits
+    return _metric_value(metric, logits)
+
+
+def _run_atp(model: nn.Module, inputs: dict, metric: Metric, sites: list[_Site], keep_graph: bool) -> float:
+    """One forward, one backward: the AtP of every node of every site (stored on the sites)."""
+    fired: list[_Site] = []
+    value = _forward(model, inputs, metric, [(s.hookpoint, _capture_hook(s, fired)) for s in sites])
+    missing = [s.hookpoint.name for s in sites if s.values is None]
+    if missing:
+        raise RuntimeError(f"hookpoints {missing} did not run in the forward, so nothing there can be attributed")
+    leaves = [t for s in sites for t in (s.values, s.zero)]
+    grads = torch.autograd.grad(value, leaves, retain_graph=keep_graph, allow_unused=True)
+    for s, gv, gz in zip(sites, grads[0::2], grads[1::2], strict=True):
+        gv = torch.zeros_like(s.values) if gv is None else gv  # None: the metric does not depend on it
+        gz = torch.zeros_like(s.zero) if gz is None else gz
+        s.atp = (s.values.detach() * gv, (s.error * gz).sum(-1))
+    return float(value.detach())
+
+
+# ---- integrated gradients ----------------------------------------------------------------------
+
+
+def _ig_hook(site: _Site, alpha: float, grads: dict):
+    """Replace x by base + alpha * (features + error), with leaves for the scaled features and error."""
+
+    def fn(x: Tensor) -> Tensor:
+        sae = site.sae
+        u = (alpha * site.values.detach()).requires_grad_(True)
+        w = (alpha * site.error).requires_grad_(True)
+        grads["leaves"] = (u, w)
+        out = site.base + to_model_units(sae, decode_linear(sae, site.indices, u), site.stats) + w
+        return out.to(device=x.device, dtype=x.dtype)
+
+    return fn
+
+
+def _run_ig(model: nn.Module, inputs: dict, metric: Metric, site: _Site, steps: int) -> tuple[Tensor, Tensor]:
+    """Midpoint-rule integrated gradients of every node of one SAE (the other hookpoints run clean)."""
+    sum_v, sum_e = torch.zeros_like(site.values), torch.zeros_like(site.error)
+    for k in range(steps):
+        alpha = (k + 0.5) / steps
+        grads: dict = {}
+        value = _forward(model, inputs, metric, [(site.hookpoint, _ig_hook(site, alpha, grads))])
+        gv, ge = torch.autograd.grad(value, grads["leaves"], allow_unused=True)
+        sum_v += gv if gv is not None else 0.0
+        sum_e += ge if ge is not None else 0.0
+    return site.values.detach() * sum_v / steps, (site.error * sum_e / steps).sum(-1)
+
+
+# ---- edges -------------------------------------------------------------------------------------
+
+
+def _edges(result: Attribution, sites: list[_Site], n_nodes: int) -> list[Edge]:
+    """AtP edges between the top `n_nodes` nodes: upstream node -> downstream feature activation."""
+    chosen = result.top(n_nodes)
+    by_name = {s.hookpoint.name: s for s in sites}
+    edges = []
+    for target in chosen:
+        if target.feature is None:
+            continue  # an error node has no scalar activation to differentiate
+        down = by_name[target.hookpoint]
+        sources = [n for n in chosen if by_name[n.hookpoint].order < down.order]
+        if not sources:
+            continue
+        x_tok = down.x[target.batch, target.position]
+        activation = down.sae.encode(x_tok)[target.feature]
+        ups = sorted({by_name[n.hookpoint].order for n in sources})
+        up_sites = [s for s in sites if s.order in ups]
+        grads = torch.autograd.grad(
+            activation, [t for s in up_sites for t in (s.values, s.zero)], retain_graph=True, allow_unused=True
+        )
+        grad_of = {s.hookpoint.name: grads[2 * i : 2 * i + 2] for i, s in enumerate(up_sites)}
+        for n in sources:
+            weight = _edge_weight(by_name[n.hookpoint], n, *grad_of[n.hookpoint])
+            if weight != 0.0:
+                edges.append(Edge(node_id(n), node_id(target), weight))
+    return edges
+
+
+def _edge_weight(site: _Site, node, g_values: Tensor | None, g_zero: Tensor | None) -> float:
+    b, t = node.batch, node.position
+    if node.feature is None:
+        return 0.0 if g_zero is None else float((site.error[b, t] * g_zero[b, t]).sum())
+    if g_values is None:
+        return 0.0
+    slot = (site.indices[b, t] == node.feature) & (site.values[b, t] != 0)
+    return float((site.values.detach()[b, t] * g_values[b, t])[slot].sum())
+
+
+# ---- the public call ---------------------------------------------------------------------------
+
+
+def attribute(
+    model: nn.Module,
+    saes: SAEs,
+    inputs,
+    metric: Metric,
+    *,
+    method: str = "atp",
+    steps: int = 16,
+    tokenizer=None,
+    edge_nodes: int = 20,
+    validate: int = 0,
+) -> Attribution:
+    """Attribution of `metric(logits)` to every active feature and error term of every SAE in `saes`.
+
+    `saes`: one SAE, a list (each at its `config.hookpoint`) or {hookpoint: SAE}. `inputs`: the
+    tokenizer's output (or token ids). `metric`: logits (B, T, V) -> scalar, e.g. `token_logprob`.
+    `edge_nodes`: AtP edges among this many top nodes (0: none). `validate`: ablate this many top
+    features one at a time and store predicted vs actual metric changes (`result.validation`).
+    Hooks are removed on every exit path.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {METHODS}")
+    if method == "ig" and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    pairs = attachments(model, saes)
+    for hp, sae in pairs:
+        if sae.config.hookpoint_out is not None:
+            raise ValueError(
+                f"{type(sae).__name__} at {hp.name!r} is a transcoder (writes at {sae.config.hookpoint_out!r}); "
+                "attribution supports SAEs that read and write one hookpoint"
+            )
+    if len({hp.name for hp, _ in pairs}) != len(pairs):
+        raise ValueError("two SAEs at one hookpoint: attribute them in two calls")
+    batch = _model_inputs(inputs)
+    sites = [_Site(hp, sae) for hp, sae in pairs]
+    value = _run_atp(model, batch, metric, sites, keep_graph=edge_nodes > 0)
+    sites.sort(key=lambda s: s.order)
+    ig = {s.hookpoint.name: _run_ig(model, batch, metric, s, steps) for s in sites} if method == "ig" else {}
+    result = Attribution(
+        metric=value,
+        method=method,
+        steps=steps if method == "ig" else 1,
+        input_ids=batch["input_ids"].detach().cpu(),
+        mask=_mask(batch),
+        sites=[_site_result(s, ig.get(s.hookpoint.name)) for s in sites],
+        tokenizer=tokenizer,
+        metric_name=getattr(metric, "__name__", type(metric).__name__),
+    )
+    if edge_nodes > 0:
+        with torch.enable_grad():
+            result.edges = _edges(result, sites, edge_nodes)
+    if validate > 0:
+        by_name = {s.hookpoint.name: s.sae for s in sites}
+        result.validation = ablation_check(model, by_name, batch, metric, result, validate)
+    return result
+
+
+def _mask(batch: dict) -> Tensor:
+    mask = batch.get("attention_mask")
+    ids = batch["input_ids"]
+    return (mask if mask is not None else torch.ones_like(ids)).detach().cpu().bool()
+
+
+def _site_result(site: _Site, ig: tuple[Tensor, Tensor] | None) -> SiteResult:
+    atp_v, atp_e = site.atp
+    attr_v, attr_e = ig if ig is not None else (atp_v, atp_e)
+    return SiteResult(
+        hookpoint=site.hookpoint.name,
+        order=site.order,
+        indices=site.indices.detach().cpu(),
+        values=site.values.detach().float().cpu(),
+        attribution=attr_v.detach().float().cpu(),
+        error_attribution=attr_e.detach().float().cpu(),
+        error_norm=site.error.norm(dim=-1).float().cpu(),
+        atp=atp_v.detach().float().cpu() if ig is not None else None,
+        atp_error=atp_e.detach().float().cpu() if ig is not None else None,
+    )

@@ -1,0 +1,265 @@
+"""Feature attribution (AtP / IG) checked against computations that do not go through hubsae's hooks."""
+
+import json
+import re
+
+import pytest
+import torch
+from test_eval_browser import CHROMIUM, _chromium
+from tiny_llama import tiny_llama
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+import hubsae
+from hubsae.eval.attribution import attribute, logit_diff, token_logprob
+from hubsae.eval.attribution_page import write_attribution
+from hubsae.llm import load_smollm2, smollm2_path
+from hubsae.saes import ReLUSAE, ReLUSAEConfig, TopKSAE, TopKSAEConfig
+
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(smollm2_path())
+
+
+@pytest.fixture(scope="module")
+def llama3(tokenizer):
+    """Three layers, so that the outputs of layers 0 and 1 are plain hidden states (the last gets the norm)."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _topk(hookpoint: str, d_in: int = 32, d_sae: int = 64, k: int = 8, seed: int = 1, **kw) -> TopKSAE:
+    torch.manual_seed(seed)
+    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, hookpoint=hookpoint, **kw)).eval()
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.1)  # a nonzero base, so that the error and the bias are not confused
+    return sae
+
+
+def _hook_count(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+# ---- exactness where the metric is linear in the features --------------------------------------
+
+
+@pytest.mark.parametrize("input_norm", ["none", "scale"])
+def test_linear_metric_attributions_equal_exact_ablation_effects(tokenizer, input_norm):
+    # SAE on the final norm's output: the head is linear, so a logit difference is linear in each feature
+    model = tiny_llama(tokenizer)
+    sae = _topk("model.norm", input_norm=input_norm, input_scale=2.5 if input_norm == "scale" else 1.0)
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    metric = logit_diff(" Paris", " London", tokenizer)
+    result = attribute(model, sae, inputs, metric, tokenizer=tokenizer, edge_nodes=0)
+    with torch.no_grad():
+        clean = float(metric(model(**inputs).logits))
+    assert result.metric == pytest.approx(clean, abs=1e-5)
+    site = result.site("model.norm")
+    last = inputs.input_ids.shape[1] - 1
+    assert site.attribution[0, :last].abs().max() == 0  # earlier positions cannot move the last logits
+    checked = 0
+    for node in [n for n in result.top(40, errors=False) if n.position == last][:5]:
+        with torch.no_grad(), hubsae.ablate(model, sae, [node.feature]):
+            ablated = float(metric(model(**inputs).logits))
+        assert node.attribution == pytest.approx(clean - ablated, rel=1e-3, abs=1e-5)
+        checked += 1
+    assert checked == 5
+    with torch.no_grad(), hubsae.splice(model, sae):  # x -> x_hat: only the error term leaves
+        no_error = float(metric(model(**inputs).logits))
+    assert float(site.error_attribution[0, last]) == pytest.approx(clean - no_error, rel=1e-3, abs=1e-5)
+    ig = attribute(model, sae, inputs, metric, method="ig", steps=3, edge_nodes=0).site("model.norm")
+    torch.testing.assert_close(ig.attribution, site.attribution, rtol=1e-4, atol=1e-5)  # IG = AtP when linear
+
+
+# ---- first order: against the model's own gradient ---------------------------------------------
+
+
+def _hidden_gradients(model, inputs, metric, layers):
+    out = model(**inputs, output_hidden_states=True)
+    hidden = [out.hidden_states[i + 1] for i in layers]  # hidden_states[i + 1] = the output of layer i
+    value = metric(out.logits)
+    return value, hidden, torch.autograd.grad(value, hidden)
+
+
+def test_features_and_error_sum_to_the_first_order_change(llama3, tokenizer):
+    saes = [_topk("model.layers.0", seed=1), _topk("model.layers.1", seed=2)]
+    inputs = tokenizer(["The capital of France is", "Rome is the capital of"], return_tensors="pt", padding=True)
+    metric = token_logprob(" Paris", tokenizer)
+    result = attribute(llama3, saes, inputs, metric, edge_nodes=0)
+    value, hidden, grads = _hidden_gradients(llama3, inputs, metric, [0, 1])
+    assert result.metric == pytest.approx(float(value.detach()), abs=1e-5)
+    mask = inputs.attention_mask.bool()
+    for sae, x, g in zip(saes, hidden, grads, strict=True):
+        site = result.site(sae.config.hookpoint)
+        # zeroing every feature and the error moves x to b_dec: first order g . (b_dec - x) = -sum of attributions
+        first_order = ((x - sae.b_dec) * g).sum(-1)[mask].sum()
+        assert result.total(sae.config.hookpoint) == pytest.approx(float(first_order.detach()), rel=1e-4, abs=1e-6)
+        dense = sae.encode(x.detach())  # each feature: f_i * (d_i . g), from the dense code
+        expected = dense * (g @ sae.W_dec.detach().T)
+        got = torch.zeros_like(dense).scatter_(-1, site.indices, site.attribution)
+        torch.testing.assert_close(got, expected.detach(), rtol=1e-4, atol=1e-6)
+
+
+def test_edges_are_the_downstream_feature_gradient(llama3, tokenizer):
+    saes = [_topk("model.layers.0", seed=1), _topk("model.layers.1", seed=2)]
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    result = attribute(llama3, saes, inputs, token_logprob(" Paris", tokenizer), edge_nodes=30)
+    feature_edges = [e for e in result.edges if not e.source.endswith("/error")]
+    assert feature_edges and all(e.target.startswith("model.layers.1/") for e in result.edges)
+    out = llama3(**inputs, output_hidden_states=True)
+    x0, x1 = out.hidden_states[1], out.hidden_states[2]
+    nodes = {f"{n.hookpoint}/{n.batch}/{n.position}/{n.feature}": n for n in result.nodes(errors=False)}
+    for edge in feature_edges[:5]:
+        src, dst = nodes[edge.source], nodes[edge.target]
+        activation = saes[1].encode(x1[0, dst.position])[dst.feature]
+        (g,) = torch.autograd.grad(activation, x0, retain_graph=True)
+        expected = src.activation * float(saes[0].W_dec[src.feature] @ g[0, src.position])
+        assert edge.weight == pytest.approx(expected, rel=1e-3, abs=1e-7)
+
+
+def test_integrated_gradients_are_complete(llama3, tokenizer):
+    sae = _topk("model.layers.1", seed=3)
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    metric = token_logprob(" Paris", tokenizer)
+    result = attribute(llama3, sae, inputs, metric, method="ig", steps=24, edge_nodes=0)
+    layer = llama3.model.layers[1]
+
+    def to_base(module, args, output):  # a plain torch hook: the layer's output replaced by b_dec
+        x = output[0] if isinstance(output, tuple) else output
+        base = sae.b_dec.expand_as(x)
+        return (base, *output[1:]) if isinstance(output, tuple) else base
+
+    handle = layer.register_forward_hook(to_base)
+    try:
+        with torch.no_grad():
+            at_base = float(metric(llama3(**inputs).logits))
+    finally:
+        handle.remove()
+    exact = result.metric - at_base
+    assert result.total("model.layers.1") == pytest.approx(exact, rel=2e-2)
+    atp = result.site("model.layers.1").atp
+    assert atp is not None and not torch.equal(atp, result.site("model.layers.1").attribution)
+
+
+# ---- the result: sorted, sparse, with tokens, to JSON ------------------------------------------
+
+
+def test_result_is_sorted_sparse_and_serializable(tokenizer, tmp_path):
+    model = tiny_llama(tokenizer)
+    sae = ReLUSAE(ReLUSAEConfig(d_in=32, d_sae=48, hookpoint="model.layers.1")).eval()
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    result = attribute(model, sae, inputs, token_logprob(" Paris", tokenizer), tokenizer=tokenizer, validate=4)
+    nodes = result.nodes()
+    scores = [abs(n.attribution) for n in nodes]
+    assert scores == sorted(scores, reverse=True) and result.top(7) == nodes[:7]
+    n_active = int((sae.encode(model(**inputs, output_hidden_states=True).hidden_states[2]) != 0).sum())
+    assert len(result.nodes(errors=False)) == n_active  # every active feature, nothing else
+    assert result.tokens[0] == [tokenizer.decode([i]) for i in inputs.input_ids[0].tolist()]
+    per_token = result.per_token(3)
+    assert set(per_token) == {(0, t) for t in range(inputs.input_ids.shape[1])}
+    data = json.loads(json.dumps(result.to_json()))
+    assert {"hookpoint", "layer", "position", "feature", "activation", "attribution", "token"} <= set(data["nodes"][0])
+    assert data["nodes"][0]["layer"] == 1 and len(data["validation"]["actual"]) == 4
+    paths = write_attribution(result, tmp_path, browser={"model.layers.1": "../browser/index.html"})
+    assert json.loads(paths["json"].read_text())["graph"][0] == data["nodes"][0]["id"]
+    html = paths["html"].read_text()
+    assert "__DATA__" not in html and "../browser/index.html" in html
+
+
+# ---- SmolLM2: the top feature's ablation moves the metric the predicted way ---------------------
+
+
+@pytest.mark.slow
+def test_smollm2_ablating_the_top_feature_moves_the_metric_as_predicted(tmp_path):
+    model, tokenizer = load_smollm2()
+    # a random TopK SAE (encoder = decoder transpose): features are projections on fixed directions
+    sae = _topk("model.layers.20", d_in=model.config.hidden_size, d_sae=1024, k=16, seed=4)
+    with torch.no_grad():
+        sae.b_dec.zero_()
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    result = attribute(model, sae, inputs, token_logprob(" Paris", tokenizer), tokenizer=tokenizer, validate=6)
+    v = result.validation
+    assert v.predicted[0] != 0 and (v.actual[0] > 0) == (v.predicted[0] > 0), v
+    assert v.pearson is not None and v.pearson > 0.5, v
+
+
+# ---- hooks and errors --------------------------------------------------------------------------
+
+
+def test_hooks_removed_on_success_and_on_error(tokenizer):
+    model = tiny_llama(tokenizer)
+    sae = _topk("model.layers.0")
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    before = _hook_count(model)
+    attribute(model, sae, inputs, token_logprob(" Paris", tokenizer), method="ig", steps=2, validate=2)
+    assert _hook_count(model) == before
+    with pytest.raises(ValueError, match=r"must return a scalar, got a tensor of shape \(1, 5\)"):
+        attribute(model, sae, inputs, lambda logits: logits[..., 0])
+    assert _hook_count(model) == before
+
+    def broken(logits):
+        raise KeyError("inside the metric")
+
+    with pytest.raises(KeyError, match="inside the metric"):
+        attribute(model, sae, inputs, broken)
+    assert _hook_count(model) == before
+    with pytest.raises(ValueError, match="does not depend on the logits"):
+        attribute(model, sae, inputs, lambda logits: torch.tensor(1.0))
+    assert _hook_count(model) == before
+
+
+def test_bad_inputs_name_the_problem(tokenizer):
+    model = tiny_llama(tokenizer)
+    sae = _topk("model.layers.0")
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    metric = token_logprob(" Paris", tokenizer)
+    with pytest.raises(ValueError, match="hookpoint 'model.layers.9' is not a module"):
+        attribute(model, {"model.layers.9": sae}, inputs, metric)
+    with pytest.raises(ValueError, match="' Parisxyzzyq' is not in the vocabulary as one token"):
+        token_logprob(" Parisxyzzyq", tokenizer)
+    with pytest.raises(ValueError, match=r"token ids \[999999\] are not in the vocabulary"):
+        attribute(model, sae, inputs, logit_diff(999999, 5))
+    with pytest.raises(ValueError, match="pass tokenizer="):
+        token_logprob(" Paris")
+    with pytest.raises(ValueError, match="method='shap' is not one of"):
+        attribute(model, sae, inputs, metric, method="shap")
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        attribute(model, sae, inputs, metric, method="ig", steps=0)
+    wide = _topk("model.layers.0", d_in=16)
+    with pytest.raises(ValueError, match="d_in=16 but the activation at hookpoint 'model.layers.0'"):
+        attribute(model, wide, inputs, metric)
+
+
+# ---- the page in headless Chromium -------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (scripts/install_chromium.sh needs root and apt)"
+)
+def test_attribution_page_in_headless_chromium(llama3, tokenizer, tmp_path):
+    saes = [_topk("model.layers.0", seed=1), _topk("model.layers.1", seed=2)]
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    result = attribute(llama3, saes, inputs, token_logprob(" Paris", tokenizer), tokenizer=tokenizer, validate=3)
+    paths = write_attribution(result, tmp_path / "site", browser={"model.layers.0": "b0/index.html"})
+    run = _chromium(tmp_path, "--dump-dom", paths["html"].as_uri())
+    assert run.returncode == 0, run.stderr[-2000:]
+    console = [line for line in run.stderr.splitlines() if re.search(r"CONSOLE[:(]", line)]
+    assert console == [], console
+    dom = run.stdout
+    body = re.search(r"<body[^>]*>", dom).group(0)
+    assert 'data-status="ok"' in body and 'data-position="0:4"' in body, body
+    assert '<pre id="errors"></pre>' in dom
+    n_graph = len(result.top(20))
+    assert dom.count("<circle") == n_graph + 1  # the graph's nodes and the metric
+    assert 'href="b0/index.html#feature=' in dom  # links into the feature browser
+    assert 'Top nodes at " is"' in dom
