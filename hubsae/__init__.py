@@ -25,6 +25,7 @@ _ARCHITECTURES = [
 # public name -> module that defines it
 _LAZY = {
     "AutoSAE": "hubsae.auto",
+    "attribute": "hubsae.eval",
     "evaluate": "hubsae.eval",
     "pick_strength": "hubsae.eval",
     "rank_concept_features": "hubsae.eval",

@@ -14,6 +14,7 @@ COMMANDS = [
     ("adapt", "hubsae.cli.adapt", "train LoRA adapters on the LLM around a frozen, spliced SAE (from a YAML recipe)"),
     ("push", "hubsae.cli.push", "push a folder of SAEs to the Hub in one commit, with a model card and an index"),
     ("steer", "hubsae.cli.steer", "generate with and without adding SAE feature directions, side by side"),
+    ("attribute", "hubsae.cli.attribute", "which SAE features at which tokens drive a next token (AtP, IG)"),
 ]
 
 

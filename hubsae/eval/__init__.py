@@ -1,5 +1,6 @@
 """Evaluate SAEs and look at their features: metrics, LM loss with the SAE spliced in, the browser."""
 
+from .attribution import attribute
 from .browser import build_browser_data, render_html, write_browser_files
 from .concepts import ConceptFeature, describe_candidates, rank_concept_features
 from .examples import ActivationHistogram, TopActivations
@@ -30,6 +31,7 @@ from .steering import (
 )
 
 __all__ = [
+    "attribute",
     "ConceptFeature",
     "describe_candidates",
     "rank_concept_features",

@@ -123,7 +123,7 @@ def test_edges_are_the_downstream_feature_gradient(llama3, tokenizer):
         src, dst = nodes[edge.source], nodes[edge.target]
         activation = saes[1].encode(x1[0, dst.position])[dst.feature]
         (g,) = torch.autograd.grad(activation, x0, retain_graph=True)
-        expected = src.activation * float(saes[0].W_dec[src.feature] @ g[0, src.position])
+        expected = src.activation * float(saes[0].W_dec[src.feature].detach() @ g[0, src.position])
         assert edge.weight == pytest.approx(expected, rel=1e-3, abs=1e-7)
 
 
@@ -263,3 +263,24 @@ def test_attribution_page_in_headless_chromium(llama3, tokenizer, tmp_path):
     assert dom.count("<circle") == n_graph + 1  # the graph's nodes and the metric
     assert 'href="b0/index.html#feature=' in dom  # links into the feature browser
     assert 'Top nodes at " is"' in dom
+
+
+# ---- the CLI -----------------------------------------------------------------------------------
+
+
+def test_cli_writes_json_html_and_the_ablation_check(tokenizer, tmp_path, caplog):
+    from hubsae.cli import main
+
+    model_dir, sae_dir, out = tmp_path / "llm", tmp_path / "sae", tmp_path / "out"
+    tiny_llama(tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    _topk("model.layers.1").save_pretrained(sae_dir)
+    argv = ["attribute", str(sae_dir), "--model", str(model_dir), "--prompt", PROMPT, "--target", " Paris"]
+    with caplog.at_level("INFO", logger="hubsae.cli.attribute"):
+        main([*argv, "--contrast", " London", "--validate", "3", "--edges", "5", "--out", str(out)])
+    data = json.loads((out / "attribution.json").read_text())
+    assert data["metric"] == "logit[' Paris'] - logit[' London']" and data["hookpoints"][0]["name"] == "model.layers.1"
+    assert len(data["validation"]["nodes"]) == 3 and len(data["graph"]) == 10
+    assert (out / "attribution.html").is_file() and "Pearson r(predicted, actual)" in caplog.text
+    with pytest.raises(ValueError, match="not in the vocabulary as one token"):
+        main([*argv[:-1], " Parisxyzzyq", "--out", str(out)])
