@@ -10,6 +10,9 @@ and e the SAE's error term. A node's attribution estimates m(clean) - m(node set
 - "ig", integrated gradients (Sundararajan et al., arXiv 1703.01365) along the straight line from
   base to x, one hookpoint at a time: `steps` forwards and backwards per hookpoint; the nodes of a
   hookpoint sum to m(clean) - m(x replaced by base) up to the quadrature error.
+Transcoders (`config.hookpoint_out`) read at their hookpoint and write at `hookpoint_out`: their
+features come from the input, their nodes (features, error = actual output - reconstruction) sit
+on the output.
 Edges (Marks et al. §2.2's AtP on the downstream node): for a downstream feature activation a_j,
 the weight from an upstream node n is n's activation times d a_j / d n, through the model.
 """
@@ -24,7 +27,7 @@ from torch import Tensor, nn
 
 from ..hooks.attach import add_hook, hooks_removed
 from ..hooks.features import decode_linear, encode, to_model_units
-from ..hooks.hookpoints import Hookpoint
+from ..hooks.hookpoints import Hookpoint, activation_width, resolve_hookpoint
 from ..hooks.interventions import SAEs, attachments
 from ..saes.base import SAE
 from .attribution_result import Attribution, Edge, SiteResult, ablation_check, node_id
@@ -115,18 +118,23 @@ def _metric_value(metric: Metric, logits: Tensor) -> Tensor:
 
 @dataclass
 class _Site:
-    """One SAE's nodes on the clean run; `values` and `zero` are the leaves gradients are taken for."""
+    """One SAE's nodes on the clean run; `values` and `zero` are the leaves gradients are taken for.
+
+    An SAE reads and writes at `hookpoint`; a transcoder reads there and writes at `writes`.
+    """
 
     hookpoint: Hookpoint
+    writes: Hookpoint
     sae: SAE
-    order: int = -1
+    read_at: int = -1  # index of the hook event that read the input (edges need upstream writes before it)
+    order: int = -1  # index of the hook event that wrote the reconstruction
     indices: Tensor | None = None  # (B, T, k)
     values: Tensor | None = None  # (B, T, k), requires grad
     zero: Tensor | None = None  # (B, T, d), zeros, requires grad: d m / d zero = d m / d x
     error: Tensor | None = None  # (B, T, d), detached
     base: Tensor | None = None  # (B, T, d), the activation with every feature and the error at 0
     stats: object = None
-    x: Tensor | None = None  # (B, T, d) the activation in the graph (for edges)
+    x: Tensor | None = None  # (B, T, d) the input in the graph (for edges)
     atp: tuple[Tensor, Tensor] | None = None  # (features (B, T, k), errors (B, T)) attributions
 
 
@@ -139,29 +147,46 @@ def _on_sae(x: Tensor, sae: SAE, hp: Hookpoint) -> Tensor:
     return x.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
 
 
-def _capture_hook(site: _Site, fired: list[_Site]):
-    """Read the SAE's nodes and return x + (r(v) - r(v).detach()) + zero: x's value, exactly."""
+def _read(site: _Site, x: Tensor, events: list) -> None:
+    """Encode the input (no graph: the feature values become leaves) and keep x for the edges."""
+    if site.indices is not None:
+        raise RuntimeError(f"hookpoint {site.hookpoint.name!r} ran twice in one forward; attribute one forward")
+    x_sae = _on_sae(x, site.sae, site.hookpoint)
+    with torch.no_grad():
+        code = encode(site.sae, x_sae)
+    site.indices, site.stats = code.features.indices, code.stats
+    site.values = code.features.values.detach().clone().requires_grad_(True)
+    site.x, site.read_at = x_sae, len(events)
+    events.append(site)
 
-    def fn(x: Tensor) -> Tensor:
-        if site.values is not None:
-            raise RuntimeError(f"hookpoint {site.hookpoint.name!r} ran twice in one forward; attribute one forward")
-        sae = site.sae
-        x_sae = _on_sae(x, sae, site.hookpoint)
-        with torch.no_grad():
-            code = encode(sae, x_sae)
-        f = code.features
-        site.indices, site.stats, site.order = f.indices, code.stats, len(fired)
-        site.values = f.values.detach().clone().requires_grad_(True)
-        linear = to_model_units(sae, decode_linear(sae, f.indices, site.values), code.stats)
-        with torch.no_grad():
-            site.base = sae.denormalize(sae.b_dec.expand_as(x_sae), code.stats)
-            site.error = x_sae - site.base - linear
-        site.zero = torch.zeros_like(x_sae, requires_grad=True)
-        site.x = x_sae
-        fired.append(site)
-        return (x_sae + (linear - linear.detach()) + site.zero).to(device=x.device, dtype=x.dtype)
 
-    return fn
+def _write(site: _Site, y: Tensor, events: list) -> Tensor:
+    """y + (r(v) - r(v).detach()) + zero: y's value exactly, with gradients to the features and to y."""
+    sae = site.sae
+    if site.values is None:
+        raise RuntimeError(f"{site.writes.name!r} ran before {site.hookpoint.name!r}, where its transcoder reads")
+    if site.zero is not None:
+        raise RuntimeError(f"hookpoint {site.writes.name!r} ran twice in one forward; attribute one forward")
+    y_sae = _on_sae(y, sae, site.writes)
+    linear = to_model_units(sae, decode_linear(sae, site.indices, site.values), site.stats)
+    with torch.no_grad():
+        site.base = sae.denormalize(sae.b_dec.expand_as(y_sae), site.stats)
+        site.error = y_sae - site.base - linear
+    site.zero = torch.zeros_like(y_sae, requires_grad=True)
+    site.order = len(events)
+    events.append(site)
+    return (y_sae + (linear - linear.detach()) + site.zero).to(device=y.device, dtype=y.dtype)
+
+
+def _capture_hooks(site: _Site, events: list) -> list[tuple[Hookpoint, Callable]]:
+    if site.writes is site.hookpoint:
+
+        def read_write(x: Tensor) -> Tensor:
+            _read(site, x, events)
+            return _write(site, x, events)
+
+        return [(site.hookpoint, read_write)]
+    return [(site.hookpoint, lambda x: _read(site, x, events)), (site.writes, lambda y: _write(site, y, events))]
 
 
 def _model_inputs(inputs) -> dict:
@@ -183,9 +208,9 @@ def _forward(model: nn.Module, inputs: dict, metric: Metric, hooks: list) -> Ten
 
 def _run_atp(model: nn.Module, inputs: dict, metric: Metric, sites: list[_Site], keep_graph: bool) -> float:
     """One forward, one backward: the AtP of every node of every site (stored on the sites)."""
-    fired: list[_Site] = []
-    value = _forward(model, inputs, metric, [(s.hookpoint, _capture_hook(s, fired)) for s in sites])
-    missing = [s.hookpoint.name for s in sites if s.values is None]
+    events: list[_Site] = []
+    value = _forward(model, inputs, metric, [hook for s in sites for hook in _capture_hooks(s, events)])
+    missing = [s.hookpoint.name for s in sites if s.values is None] + [s.writes.name for s in sites if s.zero is None]
     if missing:
         raise RuntimeError(f"hookpoints {missing} did not run in the forward, so nothing there can be attributed")
     leaves = [t for s in sites for t in (s.values, s.zero)]
@@ -220,7 +245,7 @@ def _run_ig(model: nn.Module, inputs: dict, metric: Metric, site: _Site, steps: 
     for k in range(steps):
         alpha = (k + 0.5) / steps
         grads: dict = {}
-        value = _forward(model, inputs, metric, [(site.hookpoint, _ig_hook(site, alpha, grads))])
+        value = _forward(model, inputs, metric, [(site.writes, _ig_hook(site, alpha, grads))])
         gv, ge = torch.autograd.grad(value, grads["leaves"], allow_unused=True)
         sum_v += gv if gv is not None else 0.0
         sum_e += ge if ge is not None else 0.0
@@ -239,13 +264,13 @@ def _edges(result: Attribution, sites: list[_Site], n_nodes: int) -> list[Edge]:
         if target.feature is None:
             continue  # an error node has no scalar activation to differentiate
         down = by_name[target.hookpoint]
-        sources = [n for n in chosen if by_name[n.hookpoint].order < down.order]
+        sources = [n for n in chosen if by_name[n.hookpoint].order < down.read_at]  # written before it is read
         if not sources:
             continue
         x_tok = down.x[target.batch, target.position]
         activation = down.sae.encode(x_tok)[target.feature]
-        ups = sorted({by_name[n.hookpoint].order for n in sources})
-        up_sites = [s for s in sites if s.order in ups]
+        up_names = {n.hookpoint for n in sources}
+        up_sites = [s for s in sites if s.hookpoint.name in up_names]
         grads = torch.autograd.grad(
             activation, [t for s in up_sites for t in (s.values, s.zero)], retain_graph=True, allow_unused=True
         )
@@ -294,17 +319,8 @@ def attribute(
         raise ValueError(f"method={method!r} is not one of {METHODS}")
     if method == "ig" and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    pairs = attachments(model, saes)
-    for hp, sae in pairs:
-        if sae.config.hookpoint_out is not None:
-            raise ValueError(
-                f"{type(sae).__name__} at {hp.name!r} is a transcoder (writes at {sae.config.hookpoint_out!r}); "
-                "attribution supports SAEs that read and write one hookpoint"
-            )
-    if len({hp.name for hp, _ in pairs}) != len(pairs):
-        raise ValueError("two SAEs at one hookpoint: attribute them in two calls")
+    sites = _sites(model, saes)
     batch = _model_inputs(inputs)
-    sites = [_Site(hp, sae) for hp, sae in pairs]
     value = _run_atp(model, batch, metric, sites, keep_graph=edge_nodes > 0)
     sites.sort(key=lambda s: s.order)
     ig = {s.hookpoint.name: _run_ig(model, batch, metric, s, steps) for s in sites} if method == "ig" else {}
@@ -322,9 +338,29 @@ def attribute(
         with torch.enable_grad():
             result.edges = _edges(result, sites, edge_nodes)
     if validate > 0:
-        by_name = {s.hookpoint.name: s.sae for s in sites}
-        result.validation = ablation_check(model, by_name, batch, metric, result, validate)
+        targets = {s.hookpoint.name: (s.sae, s.hookpoint, s.writes) for s in sites}
+        result.validation = ablation_check(model, targets, batch, metric, result, validate)
     return result
+
+
+def _sites(model: nn.Module, saes: SAEs) -> list[_Site]:
+    """One site per SAE, every hookpoint resolved and width-checked before any forward."""
+    sites = []
+    for hp, sae in attachments(model, saes):
+        writes = hp
+        if sae.config.hookpoint_out is not None:  # a transcoder: its reconstruction replaces another activation
+            writes = resolve_hookpoint(model, sae.config.hookpoint_out)
+            width = activation_width(model, writes)
+            if width is not None and width != sae.config.d_in:
+                raise ValueError(
+                    f"{type(sae).__name__} writes d_in={sae.config.d_in} values at {writes.name!r}, "
+                    f"whose activation has width {width}"
+                )
+        sites.append(_Site(hp, writes, sae))
+    names = [s.hookpoint.name for s in sites]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two SAEs read at one hookpoint ({names}): attribute them in two calls")
+    return sites
 
 
 def _mask(batch: dict) -> Tensor:
@@ -338,6 +374,7 @@ def _site_result(site: _Site, ig: tuple[Tensor, Tensor] | None) -> SiteResult:
     attr_v, attr_e = ig if ig is not None else (atp_v, atp_e)
     return SiteResult(
         hookpoint=site.hookpoint.name,
+        writes=site.writes.name,
         order=site.order,
         indices=site.indices.detach().cpu(),
         values=site.values.detach().float().cpu(),

@@ -7,7 +7,7 @@ is set beside the attribution's prediction (-attribution), with their Pearson co
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..hooks.attach import add_hook, hooks_removed
 from ..hooks.features import to_model_units
-from ..hooks.hookpoints import resolve_hookpoint
+from ..hooks.hookpoints import Hookpoint
 from ..saes.base import SAE
 
 _LAYER = re.compile(r"\.(\d+)(?:[.:]|$)")
@@ -29,8 +29,9 @@ class SiteResult:
     attribution came from integrated gradients.
     """
 
-    hookpoint: str
-    order: int  # position of the hookpoint in the forward
+    hookpoint: str  # where the SAE reads
+    writes: str  # where its reconstruction is: `hookpoint`, or a transcoder's hookpoint_out
+    order: int  # position of the write in the forward
     indices: Tensor
     values: Tensor
     attribution: Tensor
@@ -156,7 +157,9 @@ class Attribution:
             "method": self.method,
             "steps": self.steps,
             "tokens": self.tokens,
-            "hookpoints": [{"name": s.hookpoint, "layer": s.layer, "order": s.order} for s in self.sites],
+            "hookpoints": [
+                {"name": s.hookpoint, "writes": s.writes, "layer": s.layer, "order": s.order} for s in self.sites
+            ],
             "totals": {s.hookpoint: _r(self.total(s.hookpoint)) for s in self.sites},
             "nodes": [_node_json(n) for n in nodes],
             "edges": [{"source": e.source, "target": e.target, "weight": _r(e.weight)} for e in self.edges],
@@ -177,19 +180,28 @@ def _node_json(n: Node) -> dict:
 # ---- the ablation check ------------------------------------------------------------------------
 
 
-def _remove_hook(sae: SAE, node: Node) -> Callable[[Tensor], Tensor]:
-    """x -> x with f_i d_i (the node's feature, in the model's units) removed at the node's token."""
+def _removal_hooks(sae: SAE, node: Node, reads: Hookpoint, writes: Hookpoint) -> list:
+    """Hooks removing f_i d_i (the node's feature, in the model's units) at the node's token.
 
-    def fn(x: Tensor) -> Tensor:
-        b, t = node.batch, node.position
+    The units come from the SAE's input (`input_norm="token"` scales by the input token's norm), so
+    a transcoder gets a read hook too.
+    """
+    b, t = node.batch, node.position
+    seen: dict = {}
+
+    def read(x: Tensor) -> None:
         x_tok = x[b, t].to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
-        stats = sae.normalize_input(x_tok)[1] if sae.config.input_norm == "token" else None
-        delta = to_model_units(sae, node.activation * sae.W_dec[node.feature], stats)
-        out = x.clone()
-        out[b, t] = x[b, t] - delta.to(device=x.device, dtype=x.dtype)
+        seen["stats"] = sae.normalize_input(x_tok)[1] if sae.config.input_norm == "token" else None
+
+    def write(y: Tensor) -> Tensor:
+        if reads is writes:
+            read(y)
+        delta = to_model_units(sae, node.activation * sae.W_dec[node.feature], seen["stats"])
+        out = y.clone()
+        out[b, t] = y[b, t] - delta.to(device=y.device, dtype=y.dtype)
         return out
 
-    return fn
+    return [(writes, write)] if reads is writes else [(reads, read), (writes, write)]
 
 
 @torch.no_grad()
@@ -211,15 +223,23 @@ def pearson(a: list[float], b: list[float]) -> float | None:
 
 
 def ablation_check(
-    model: nn.Module, saes: Mapping[str, SAE], inputs: dict, metric, result: Attribution, n: int
+    model: nn.Module,
+    targets: Mapping[str, tuple[SAE, Hookpoint, Hookpoint]],
+    inputs: dict,
+    metric,
+    result: Attribution,
+    n: int,
 ) -> Validation:
-    """Ablate each of the top `n` features alone and compare the metric's change with -attribution."""
+    """Ablate each of the top `n` features alone and compare the metric's change with -attribution.
+
+    `targets`: hookpoint name -> (the SAE reading there, that hookpoint, the hookpoint it writes).
+    """
     clean = _metric_with(model, inputs, metric, [])
     nodes = result.top(n, errors=False)
     actual = []
     for node in nodes:
-        hp = resolve_hookpoint(model, node.hookpoint)
-        actual.append(_metric_with(model, inputs, metric, [(hp, _remove_hook(saes[node.hookpoint], node))]) - clean)
+        hooks = _removal_hooks(*targets[node.hookpoint][:1], node, *targets[node.hookpoint][1:])
+        actual.append(_metric_with(model, inputs, metric, hooks) - clean)
     predicted = [-n.attribution for n in nodes]
     return Validation([node_id(n) for n in nodes], predicted, actual, pearson(predicted, actual))
 

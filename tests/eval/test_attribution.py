@@ -284,3 +284,42 @@ def test_cli_writes_json_html_and_the_ablation_check(tokenizer, tmp_path, caplog
     assert (out / "attribution.html").is_file() and "Pearson r(predicted, actual)" in caplog.text
     with pytest.raises(ValueError, match="not in the vocabulary as one token"):
         main([*argv[:-1], " Parisxyzzyq", "--out", str(out)])
+
+
+# ---- transcoders -------------------------------------------------------------------------------
+
+
+def test_transcoder_nodes_and_edges_against_the_mlp_output_gradient(llama3, tokenizer):
+    # reads the MLP's input (the post-attention norm's output), writes the MLP's output
+    tc = _topk("model.layers.0.post_attention_layernorm", seed=5, hookpoint_out="model.layers.0.mlp")
+    sae = _topk("model.layers.1", seed=6)
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    metric = token_logprob(" Paris", tokenizer)
+    result = attribute(llama3, [tc, sae], inputs, metric, edge_nodes=30)
+    seen = {}
+    layer0 = llama3.model.layers[0]
+    handles = [
+        layer0.post_attention_layernorm.register_forward_hook(lambda m, a, out: seen.update(x=out)),
+        layer0.mlp.register_forward_hook(lambda m, a, out: seen.update(y=out)),
+    ]
+    try:
+        value = metric(llama3(**inputs).logits)
+    finally:
+        for h in handles:
+            h.remove()
+    (g,) = torch.autograd.grad(value, seen["y"])
+    site = result.site("model.layers.0.post_attention_layernorm")
+    assert site.writes == "model.layers.0.mlp" and result.sites[0] is site
+    first_order = ((seen["y"] - tc.b_dec) * g).sum()  # features + error of the MLP's output
+    assert result.total(site.hookpoint) == pytest.approx(float(first_order.detach()), rel=1e-4, abs=1e-6)
+    dense = tc.encode(seen["x"].detach())  # the features come from the input, their effect from the output
+    got = torch.zeros_like(dense).scatter_(-1, site.indices, site.attribution)
+    torch.testing.assert_close(got, (dense * (g @ tc.W_dec.T)).detach(), rtol=1e-4, atol=1e-6)
+    sources = {e.source.split("/")[0] for e in result.edges}
+    assert sources == {"model.layers.0.post_attention_layernorm"}, result.edges
+    with torch.no_grad():  # small writes (like the MLP's own), so that one ablation stays in the linear regime
+        tc.W_dec.mul_(0.002)
+        tc.b_dec.mul_(0.002)
+    v = attribute(llama3, tc, inputs, metric, edge_nodes=0, validate=3).validation
+    # ablated where the transcoder writes: the first-order prediction holds
+    assert len(v.actual) == 3 and v.actual == pytest.approx(v.predicted, rel=0.1), v
