@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--prompt", required=True, help="the text whose next token is explained")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    parser.add_argument(
+        "--no-bos", action="store_true", help="do not prepend BOS (by default it is, as training contexts are built)"
+    )
     parser.add_argument("--target", required=True, help="the next token, as text (one token, e.g. ' Paris')")
     parser.add_argument("--contrast", default=None, help="metric = logit(target) - logit(contrast) instead of log p")
     parser.add_argument("--method", choices=("atp", "ig"), default="atp")
@@ -61,7 +64,9 @@ def run(args: argparse.Namespace) -> None:
         metric = token_logprob(args.target, tokenizer)
     else:
         metric = logit_diff(args.target, args.contrast, tokenizer)
-    inputs = tokenizer(prompt, return_tensors="pt").to(args.device)
+    bos = None if args.no_bos or args.chat else (tokenizer.bos_token or tokenizer.eos_token)
+    # the BOS is an attention sink with huge activations: it runs, but is left out of the nodes
+    inputs = tokenizer((bos or "") + prompt, return_tensors="pt", add_special_tokens=False).to(args.device)
     result = attribute(
         model,
         saes,
@@ -72,6 +77,7 @@ def run(args: argparse.Namespace) -> None:
         tokenizer=tokenizer,
         edge_nodes=args.edges,
         validate=args.validate,
+        ignore_first=1 if bos else 0,
     )
     paths = write_attribution(result, args.out, graph_nodes=max(args.edges, args.top), browser=dict(args.browser))
     lines = [f"{result.metric_name} = {result.metric:.4f} ({args.method}); top nodes:"]

@@ -306,6 +306,7 @@ def attribute(
     tokenizer=None,
     edge_nodes: int = 20,
     validate: int = 0,
+    ignore_first: int = 0,
 ) -> Attribution:
     """Attribution of `metric(logits)` to every active feature and error term of every SAE in `saes`.
 
@@ -313,12 +314,16 @@ def attribute(
     tokenizer's output (or token ids). `metric`: logits (B, T, V) -> scalar, e.g. `token_logprob`.
     `edge_nodes`: AtP edges among this many top nodes (0: none). `validate`: ablate this many top
     features one at a time and store predicted vs actual metric changes (`result.validation`).
+    `ignore_first`: leave the first n real tokens of each row out of the nodes (a BOS attention
+    sink, whose huge activations dominate every ranking); the model still runs on them.
     Hooks are removed on every exit path.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
     if method == "ig" and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not isinstance(ignore_first, int) or ignore_first < 0:
+        raise ValueError(f"ignore_first must be a non-negative integer, got {ignore_first!r}")
     sites = _sites(model, saes)
     batch = _model_inputs(inputs)
     value = _run_atp(model, batch, metric, sites, keep_graph=edge_nodes > 0)
@@ -329,7 +334,7 @@ def attribute(
         method=method,
         steps=steps if method == "ig" else 1,
         input_ids=batch["input_ids"].detach().cpu(),
-        mask=_mask(batch),
+        mask=_mask(batch, ignore_first),
         sites=[_site_result(s, ig.get(s.hookpoint.name)) for s in sites],
         tokenizer=tokenizer,
         metric_name=getattr(metric, "__name__", type(metric).__name__),
@@ -363,10 +368,11 @@ def _sites(model: nn.Module, saes: SAEs) -> list[_Site]:
     return sites
 
 
-def _mask(batch: dict) -> Tensor:
+def _mask(batch: dict, ignore_first: int) -> Tensor:
+    """(B, T) bool: real tokens (not padding), from the `ignore_first`-th real token of each row on."""
     mask = batch.get("attention_mask")
-    ids = batch["input_ids"]
-    return (mask if mask is not None else torch.ones_like(ids)).detach().cpu().bool()
+    real = (mask if mask is not None else torch.ones_like(batch["input_ids"])).detach().cpu().bool()
+    return real & (real.cumsum(-1) > ignore_first)
 
 
 def _site_result(site: _Site, ig: tuple[Tensor, Tensor] | None) -> SiteResult:

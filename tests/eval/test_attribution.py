@@ -176,6 +176,19 @@ def test_result_is_sorted_sparse_and_serializable(tokenizer, tmp_path):
     assert "__DATA__" not in html and "../browser/index.html" in html
 
 
+def test_ignore_first_leaves_out_each_rows_first_real_tokens(tokenizer):
+    model = tiny_llama(tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path(), padding_side="left")
+    inputs = tokenizer(["Paris", PROMPT], return_tensors="pt", padding=True)
+    result = attribute(model, _topk("model.layers.0"), inputs, token_logprob(" Paris", tokenizer), ignore_first=1)
+    first_real = inputs.attention_mask.argmax(-1).tolist()  # left padding: the first 1 in each row
+    seen = {(n.batch, n.position) for n in result.nodes()}
+    expected = {(b, t) for b in range(2) for t in range(first_real[b] + 1, inputs.input_ids.shape[1])}
+    assert seen == expected
+    with pytest.raises(ValueError, match="ignore_first must be a non-negative integer"):
+        attribute(model, _topk("model.layers.0"), inputs, token_logprob(" Paris", tokenizer), ignore_first=-1)
+
+
 # ---- SmolLM2: the top feature's ablation moves the metric the predicted way ---------------------
 
 
@@ -323,3 +336,22 @@ def test_transcoder_nodes_and_edges_against_the_mlp_output_gradient(llama3, toke
     v = attribute(llama3, tc, inputs, metric, edge_nodes=0, validate=3).validation
     # ablated where the transcoder writes: the first-order prediction holds
     assert len(v.actual) == 3 and v.actual == pytest.approx(v.predicted, rel=0.1), v
+
+
+@pytest.mark.slow
+def test_the_paris_example_runs_on_given_saes(tmp_path, monkeypatch, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    paths = []
+    for layer in (10, 20):
+        path = tmp_path / f"sae{layer}"
+        _topk(f"model.layers.{layer}", d_in=576, d_sae=512, k=16, seed=layer).save_pretrained(path)
+        paths += ["--sae", str(path)]
+    example = Path(__file__).resolve().parents[2] / "examples" / "attribute_paris.py"
+    monkeypatch.setattr(sys, "argv", [example.name, *paths, "--validate", "4", "--out", str(tmp_path / "out")])
+    runpy.run_path(str(example), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "logprob[' Paris']" in out and "ablation check: Pearson r = " in out and "sign agrees for" in out
+    assert (tmp_path / "out" / "attribution.html").is_file()
