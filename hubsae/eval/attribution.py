@@ -225,13 +225,17 @@ def _run_atp(model: nn.Module, inputs: dict, metric: Metric, sites: list[_Site],
 # ---- integrated gradients ----------------------------------------------------------------------
 
 
-def _ig_hook(site: _Site, alpha: float, grads: dict):
-    """Replace x by base + alpha * (features + error), with leaves for the scaled features and error."""
+def _ig_hook(site: _Site, scale: Tensor, grads: dict):
+    """Replace x by base + scale * (features + error), with leaves for the scaled features and error.
+
+    `scale` (B, T, 1) is alpha at the attributed tokens and 1 elsewhere (padding, an ignored BOS),
+    which keep their clean activations.
+    """
 
     def fn(x: Tensor) -> Tensor:
         sae = site.sae
-        u = (alpha * site.values.detach()).requires_grad_(True)
-        w = (alpha * site.error).requires_grad_(True)
+        u = (scale * site.values.detach()).requires_grad_(True)
+        w = (scale * site.error).requires_grad_(True)
         grads["leaves"] = (u, w)
         out = site.base + to_model_units(sae, decode_linear(sae, site.indices, u), site.stats) + w
         return out.to(device=x.device, dtype=x.dtype)
@@ -239,13 +243,20 @@ def _ig_hook(site: _Site, alpha: float, grads: dict):
     return fn
 
 
-def _run_ig(model: nn.Module, inputs: dict, metric: Metric, site: _Site, steps: int) -> tuple[Tensor, Tensor]:
-    """Midpoint-rule integrated gradients of every node of one SAE (the other hookpoints run clean)."""
+def _run_ig(
+    model: nn.Module, inputs: dict, metric: Metric, site: _Site, steps: int, mask: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Midpoint-rule integrated gradients of every node of one SAE (the other hookpoints run clean).
+
+    Along the path only the tokens in `mask` move, so their nodes sum to m(clean) - m(those tokens at base).
+    """
     sum_v, sum_e = torch.zeros_like(site.values), torch.zeros_like(site.error)
+    moving = mask.to(site.values.device).unsqueeze(-1)
     for k in range(steps):
         alpha = (k + 0.5) / steps
+        scale = torch.where(moving, alpha, 1.0).to(site.values.dtype)
         grads: dict = {}
-        value = _forward(model, inputs, metric, [(site.writes, _ig_hook(site, alpha, grads))])
+        value = _forward(model, inputs, metric, [(site.writes, _ig_hook(site, scale, grads))])
         gv, ge = torch.autograd.grad(value, grads["leaves"], allow_unused=True)
         sum_v += gv if gv is not None else 0.0
         sum_e += ge if ge is not None else 0.0
@@ -328,13 +339,14 @@ def attribute(
     batch = _model_inputs(inputs)
     value = _run_atp(model, batch, metric, sites, keep_graph=edge_nodes > 0)
     sites.sort(key=lambda s: s.order)
-    ig = {s.hookpoint.name: _run_ig(model, batch, metric, s, steps) for s in sites} if method == "ig" else {}
+    mask = _mask(batch, ignore_first)
+    ig = {s.hookpoint.name: _run_ig(model, batch, metric, s, steps, mask) for s in sites} if method == "ig" else {}
     result = Attribution(
         metric=value,
         method=method,
         steps=steps if method == "ig" else 1,
         input_ids=batch["input_ids"].detach().cpu(),
-        mask=_mask(batch, ignore_first),
+        mask=mask,
         sites=[_site_result(s, ig.get(s.hookpoint.name)) for s in sites],
         tokenizer=tokenizer,
         metric_name=getattr(metric, "__name__", type(metric).__name__),

@@ -127,16 +127,18 @@ def test_edges_are_the_downstream_feature_gradient(llama3, tokenizer):
         assert edge.weight == pytest.approx(expected, rel=1e-3, abs=1e-7)
 
 
-def test_integrated_gradients_are_complete(llama3, tokenizer):
+@pytest.mark.parametrize("ignore_first", [0, 2])
+def test_integrated_gradients_are_complete(llama3, tokenizer, ignore_first):
     sae = _topk("model.layers.1", seed=3)
     inputs = tokenizer(PROMPT, return_tensors="pt")
     metric = token_logprob(" Paris", tokenizer)
-    result = attribute(llama3, sae, inputs, metric, method="ig", steps=24, edge_nodes=0)
+    result = attribute(llama3, sae, inputs, metric, method="ig", steps=24, edge_nodes=0, ignore_first=ignore_first)
     layer = llama3.model.layers[1]
 
-    def to_base(module, args, output):  # a plain torch hook: the layer's output replaced by b_dec
+    def to_base(module, args, output):  # a plain torch hook: the attributed tokens' outputs replaced by b_dec
         x = output[0] if isinstance(output, tuple) else output
-        base = sae.b_dec.expand_as(x)
+        base = x.clone()
+        base[:, ignore_first:] = sae.b_dec
         return (base, *output[1:]) if isinstance(output, tuple) else base
 
     handle = layer.register_forward_hook(to_base)
