@@ -1,10 +1,11 @@
 """Which SAE features make SmolLM2 complete "The capital of France is" with " Paris"?
 
-Trains two small TopK SAEs (layers 10 and 20 of SmolLM2-135M-Instruct, on Shakespeare and Milton,
-~2 minutes on 2 CPU cores) unless --sae gives trained ones, then attributes log p(" Paris") to every
-active feature and error term of both (attribution patching: one forward, one backward), draws AtP
-edges between the top nodes, ablates the top features one at a time to check the predictions, and
-writes attribution.json / attribution.html / validation.png to --out.
+Trains two small TopK SAEs (layers 10 and 20 of SmolLM2-135M-Instruct, 120k tokens of Shakespeare
+and Milton; 11 minutes measured on 2 CPU cores shared with other jobs) unless --sae gives trained
+ones, then attributes log p(" Paris") to every active feature and error term of both (attribution
+patching: one forward, one backward), draws AtP edges between the top nodes, ablates the top
+features one at a time to check the predictions, and writes attribution.json / attribution.html /
+validation.png to --out.
 
     python examples/attribute_paris.py
     python examples/attribute_paris.py --sae ./sae-run/model.layers.10 --sae ./sae-run/model.layers.20
@@ -12,9 +13,8 @@ writes attribution.json / attribution.html / validation.png to --out.
 """
 
 import argparse
+import math
 import time
-
-import torch
 
 import hubsae
 from hubsae.eval.attribution import logit_diff, token_logprob
@@ -83,7 +83,8 @@ def main() -> None:
     took = time.perf_counter() - started
     files = write_attribution(result, args.out)
 
-    print(f"{result.metric_name} = {result.metric:.4f} (p = {torch.tensor(result.metric).exp():.3f})")
+    prob = "" if args.contrast else f" (p = {math.exp(result.metric):.3f})"
+    print(f"{result.metric_name} = {result.metric:.4f}{prob}")
     origin = "given" if args.sae else f"trained in {trained:.0f} s"
     print(f"SAEs: {', '.join(paths)} ({origin})")
     print(f"attribution ({args.method}) + edges + {args.validate} ablations: {took:.1f} s")
