@@ -1,9 +1,8 @@
 """Sparse feature codes at a hookpoint: encode once, edit a few latents, decode only what changed.
 
-TopK-style SAEs give their k active latents directly (`encode_sparse`), so no (..., d_sae) tensor
-is built after the encoder GEMM; other SAEs encode densely and keep their nonzeros. Decoding goes
-through `embedding_bag` over the active rows of W_dec: O(k * d_in) a token instead of
-O(d_sae * d_in).
+Every SAE gives its active latents through `encode_sparse` (the architecture contract), so TopK-style
+SAEs build no (..., d_sae) tensor after the encoder GEMM. Decoding is a gather-sum over the active
+rows of W_dec (`saes.sparse.decode_rows`): O(k * d_in) a token instead of O(d_sae * d_in).
 """
 
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..saes.base import SAE
+from ..saes.sparse import SparseCode, decode_rows
 
 
 @dataclass
@@ -29,8 +29,7 @@ class SparseFeatures:
 
     def to_dense(self) -> Tensor:
         """(..., d_sae) dense features."""
-        dense = self.values.new_zeros(*self.values.shape[:-1], self.d_sae)
-        return dense.scatter_(-1, self.indices, self.values)
+        return SparseCode(self.indices, self.values).to_dense(self.d_sae)
 
     def active(self, *position: int) -> tuple[Tensor, Tensor]:
         """(indices, values) of the nonzero features of one token, largest first, e.g. `active(b, t)`."""
@@ -67,45 +66,16 @@ class Code:
     stats: object  # the SAE's normalization statistics (None unless input_norm="token")
 
 
-_ENCODING_METHODS = ("encode", "pre_acts", "activation", "normalize_input")
-
-
-def has_exact_sparse_path(sae: SAE) -> bool:
-    """True when `encode_sparse` is defined at or below every class that defines how `encode` works.
-
-    A subclass that overrides `activation` after inheriting `encode_sparse` (BatchTopK's threshold at
-    inference) would make the inherited sparse path disagree with `encode`.
-    """
-    mro = type(sae).__mro__
-    sparse_owner = next((c for c in mro if "encode_sparse" in c.__dict__), None)
-    if sparse_owner is None:
-        return False
-    owners = [next(c for c in mro if name in c.__dict__) for name in _ENCODING_METHODS]
-    return all(issubclass(sparse_owner, owner) for owner in owners)
-
-
 def encode(sae: SAE, x: Tensor) -> Code:
     """The SAE's features of x (..., d_in), sparse; identical to `sae.encode(x)` once densified."""
     stats = sae.normalize_input(x)[1] if sae.config.input_norm == "token" else None
-    if has_exact_sparse_path(sae):
-        indices, values = sae.encode_sparse(x)
-        return Code(SparseFeatures(indices, values, sae.config.d_sae), stats)
-    dense = sae.encode(x)
-    k = int((dense != 0).sum(-1).max()) if dense.numel() else 0
-    indices = dense.abs().topk(k, dim=-1, sorted=False).indices
-    return Code(SparseFeatures(indices, dense.gather(-1, indices), sae.config.d_sae), stats)
+    indices, values = sae.encode_sparse(x)
+    return Code(SparseFeatures(indices, values, sae.config.d_sae), stats)
 
 
 def decode_linear(sae: SAE, indices: Tensor, values: Tensor) -> Tensor:
     """sum_j values_j * W_dec[indices_j] per token, in the SAE's normalized units, no bias: (..., d_in)."""
-    lead = indices.shape[:-1]
-    k = indices.shape[-1]
-    if k == 0:
-        return sae.W_dec.new_zeros(*lead, sae.config.d_in)
-    out = nn.functional.embedding_bag(
-        indices.reshape(-1, k), sae.W_dec, per_sample_weights=values.reshape(-1, k).to(sae.W_dec.dtype), mode="sum"
-    )
-    return out.reshape(*lead, sae.config.d_in)
+    return decode_rows(indices, values, sae.W_dec)
 
 
 def reconstruct(sae: SAE, code: Code) -> Tensor:

@@ -29,22 +29,11 @@ def announce_path(owner: str, sparse: bool) -> None:
         logger.info("%s trains through the plain dense path (%s=0)", owner, ENV_SWITCH)
 
 
-def inherits_unchanged(obj: object, owner: type, names: tuple[str, ...]) -> bool:
-    """True when type(obj) uses `owner`'s own definition of every method in `names`.
-
-    The sparse path reproduces the math of those methods; a subclass that overrides one of them
-    (Matryoshka's losses, KronSAE's pre-activations) must keep the plain path.
-    """
-    cls = type(obj)
-    return all(getattr(cls, name) is getattr(owner, name) for name in names)
-
-
 __all__ = [
     "ENV_SWITCH",
     "SparseTopKCode",
     "announce_path",
     "auxk_from_decoded",
-    "inherits_unchanged",
     "sparse_topk_code",
     "sparse_training_enabled",
     "topk_flat",

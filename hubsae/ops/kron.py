@@ -293,12 +293,12 @@ def grouped_decode(indices: Tensor, values: Tensor, W_dec: Tensor, bounds: list[
 
 
 @functools.cache
-def announce_kron_path(owner: str, dense_reason: str | None) -> None:
-    """Log once per process and reason which path a KronSAE trains through."""
-    if dense_reason is None:
+def announce_kron_path(owner: str, path: str) -> None:
+    """Log once per process and path ("sparse" or "dense: <why>") which path a KronSAE trains through."""
+    if path == "sparse":
         logger.info("%s trains through the sparse Kron path (hubsae.ops.kron): no (N, F) scores", owner)
     else:
-        logger.info("%s trains through the dense path: %s", owner, dense_reason)
+        logger.info("%s trains through the %s", owner, path.replace("dense:", "dense path:", 1))
 
 
 __all__ = [

@@ -226,15 +226,13 @@ def _aux_grads(aux: AuxBlock, g_aux: Tensor, x: Tensor, W_dec: Tensor, dW_enc_T,
 
 
 def auxk_from_decoded(residual: Tensor, aux_decoded: Tensor | None) -> Tensor:
-    """AuxK (Gao et al. 2024, §A.2) from the dead latents' decoded sum; same value as `saes.base.auxk_loss`.
+    """AuxK (Gao et al. 2024, §A.2) from the dead latents' decoded sum; same value as `saes.sparse.auxk_loss`.
 
-    ||e - e_hat||^2 / ||e - mean(e)||^2 with e the detached residual; 0 without dead latents.
+    ||e - e_hat||^2 summed over d_in, mean over tokens, with e the detached residual; 0 without dead latents.
     """
     if aux_decoded is None:
         return residual.new_zeros(())
-    e = residual.detach()
-    denom = (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
-    return (e - aux_decoded).pow(2).sum(-1).mean() / denom
+    return (residual.detach() - aux_decoded).pow(2).sum(-1).mean()
 
 
 def sparse_topk_code(

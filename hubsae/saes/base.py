@@ -1,7 +1,10 @@
 """The contract every SAE architecture shares: config fields, parameters, encode/decode, outputs.
 
-An architecture subclasses `SAEConfig` and `SAE`, overrides `activation` (and `losses` when it
-has its own penalties), and calls `register` at the bottom of its file.
+An architecture subclasses `SAEConfig` and `SAE` (directly: shared math lives in `sparse.py` as
+functions), implements `activation` and/or `encode_sparse` (the sparse code is the contract), adds
+its penalties in `losses`, and calls `register` at the bottom of its file. The base owns the one
+`forward`, the dense `encode`, the sparse decode, and the weighting of the losses. An architecture
+with a faster training path overrides `reconstruct` (TopK, KronSAE), not `forward`.
 
 Parameter vocabulary (the same in every architecture, so readers of other formats are renames):
 `W_enc (d_in, d_sae)`, `b_enc (d_sae,)`, `W_dec (d_sae, d_in)`, `b_dec (d_in,)`.
@@ -30,6 +33,7 @@ from .loading import (
     read_config_dict,
     weight_files,
 )
+from .sparse import SparseCode, decode_rows, mse_loss, weighted_loss
 
 INPUT_NORMS = ("none", "scale", "token")
 
@@ -78,8 +82,13 @@ class SAEConfig(PreTrainedConfig):
             raise ValueError(f"input_scale must be a positive finite number, got {self.input_scale}")
 
     def loss_weights(self) -> dict[str, float]:
-        """Coefficient of each named loss in `SAEOutput.losses`; the trainer sums weight * loss."""
+        """Coefficient of each named loss in `SAEOutput.losses` (summed by `sparse.weighted_loss`)."""
         return {"mse": 1.0}
+
+    @property
+    def encoder_width(self) -> int:
+        """Columns of W_enc: d_sae, except where latents are composed from fewer (KronSAE)."""
+        return self.d_sae
 
 
 @dataclass
@@ -123,8 +132,8 @@ class SAE(PreTrainedModel):
 
     def __init__(self, config: SAEConfig):
         super().__init__(config)
-        self.W_enc = nn.Parameter(torch.empty(config.d_in, config.d_sae))
-        self.b_enc = nn.Parameter(torch.empty(config.d_sae))
+        self.W_enc = nn.Parameter(torch.empty(config.d_in, config.encoder_width))
+        self.b_enc = nn.Parameter(torch.empty(config.encoder_width))
         self.W_dec = nn.Parameter(torch.empty(config.d_sae, config.d_in))
         self.b_dec = nn.Parameter(torch.empty(config.d_in))
         self.add_parameters(config)
@@ -251,12 +260,15 @@ class SAE(PreTrainedModel):
         return x @ self.W_enc + self.b_enc
 
     def activation(self, pre_acts: Tensor) -> Tensor:
-        """Sparse features from pre-activations. Subclasses override."""
-        return torch.relu(pre_acts)
+        """Dense features from pre-activations; every architecture with a dense code defines it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no dense activation of pre-activations alone: its features come "
+            "from encode_sparse (use encode / encode_sparse / forward)"
+        )
 
     def losses(self, x: Tensor, pre_acts: Tensor, features: Tensor, x_hat: Tensor, **kw) -> dict[str, Tensor]:
-        """Named training losses on the normalized input. Subclasses add their penalties."""
-        return {"mse": (x - x_hat).pow(2).sum(-1).mean()}
+        """Named, unweighted training losses on the normalized input. Subclasses add their penalties."""
+        return {"mse": mse_loss(x, x_hat)}
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -265,6 +277,11 @@ class SAE(PreTrainedModel):
         self.check_input(x)
         x, _ = self.normalize_input(x)
         return self.activation(self.pre_acts(x))
+
+    def encode_sparse(self, x: Tensor) -> SparseCode:
+        """The active latents of x: `SparseCode(indices, values)`, (..., width) each; `to_dense` equals
+        `encode(x)`. This default reads the dense features; sparse architectures compute it directly."""
+        return SparseCode.from_dense(self.encode(x))
 
     def decode(self, features: Tensor) -> Tensor:
         """Reconstruction in the input's units: (..., d_sae) -> (..., d_in).
@@ -277,15 +294,11 @@ class SAE(PreTrainedModel):
         return features @ self.W_dec + self.b_dec
 
     def decode_sparse(self, indices: Tensor, values: Tensor) -> Tensor:
-        """Decode a k-sparse code without materializing (..., d_sae): indices/values (..., k).
+        """Decode a sparse code without materializing (..., d_sae): indices/values (..., width).
 
-        Costs O(k * d_in) per token instead of O(d_sae * d_in).
+        Costs O(width * d_in) per token instead of O(d_sae * d_in).
         """
-        lead = indices.shape[:-1]
-        flat_idx = indices.reshape(-1, indices.shape[-1])
-        flat_val = values.reshape(-1, values.shape[-1]).to(self.W_dec.dtype)
-        out = nn.functional.embedding_bag(flat_idx, self.W_dec, per_sample_weights=flat_val, mode="sum")
-        return self.denormalize(out.reshape(*lead, self.config.d_in) + self.b_dec, None)
+        return self.denormalize(decode_rows(indices, values, self.W_dec) + self.b_dec, None)
 
     def forward(self, hidden_states: Tensor, compute_losses: bool | None = None, **loss_kwargs) -> SAEOutput:
         """Encode and decode. Losses are computed in training mode or when `compute_losses=True`.
@@ -294,15 +307,18 @@ class SAE(PreTrainedModel):
         """
         self.check_input(hidden_states)
         x, stats = self.normalize_input(hidden_states)
+        wants_losses = compute_losses if compute_losses is not None else self.training
+        x_hat, features, losses = self.reconstruct(x, wants_losses, **loss_kwargs)
+        loss = weighted_loss(losses, self.config.loss_weights()) if losses is not None else None
+        return SAEOutput(reconstruction=self.denormalize(x_hat, stats), features=features, loss=loss, losses=losses)
+
+    def reconstruct(self, x: Tensor, wants_losses: bool, **loss_kwargs) -> tuple[Tensor, Tensor, dict | None]:
+        """(x_hat, features, named losses or None) of a normalized input: the dense reference path."""
         pre = self.pre_acts(x)
-        feats = self.activation(pre)
-        x_hat = self._decode_normalized(feats)
-        losses = loss = None
-        if compute_losses if compute_losses is not None else self.training:
-            losses = self.losses(x, pre, feats, x_hat, **loss_kwargs)
-            weights = self.config.loss_weights()
-            loss = sum(weights[name] * value for name, value in losses.items())
-        return SAEOutput(reconstruction=self.denormalize(x_hat, stats), features=feats, loss=loss, losses=losses)
+        features = self.activation(pre)
+        x_hat = self._decode_normalized(features)
+        losses = self.losses(x, pre, features, x_hat, **loss_kwargs) if wants_losses else None
+        return x_hat, features, losses
 
     # ---- decoder norm handling (called by the trainer around each optimizer step) -----------
 
@@ -319,24 +335,6 @@ class SAE(PreTrainedModel):
         unit = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).eps)
         parallel = (self.W_dec.grad * unit).sum(-1, keepdim=True)
         self.W_dec.grad.sub_(parallel * unit)
-
-
-def auxk_loss(residual: Tensor, pre_acts: Tensor, dead_mask: Tensor | None, k_aux: int, W_dec: Tensor) -> Tensor:
-    """AuxK (Gao et al. 2024, §A.2): dead latents' top-k_aux reconstruct the detached residual.
-
-    Normalized by the residual's variance: ||e - e_hat||^2 / ||e - mean(e)||^2 (OpenAI's form).
-    Returns 0 when no latent is dead.
-    """
-    if dead_mask is None or not bool(dead_mask.any()):
-        return pre_acts.new_zeros(())
-    e = residual.detach().reshape(-1, residual.shape[-1])
-    a = pre_acts.reshape(-1, pre_acts.shape[-1])
-    k = min(k_aux, int(dead_mask.sum()))
-    dead_acts = torch.where(dead_mask, torch.relu(a), torch.zeros_like(a))
-    vals, idx = dead_acts.topk(k, dim=-1, sorted=False)
-    e_hat = nn.functional.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
-    denom = (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
-    return (e - e_hat).pow(2).sum(-1).mean() / denom
 
 
 REGISTRY: dict[str, tuple[type[SAEConfig], type[SAE]]] = {}

@@ -1,10 +1,11 @@
-"""BatchTopK SAE (Bussmann, Leask, Nanda 2024), with AuxK.
+"""BatchTopK SAE (Bussmann, Leask, Nanda, arXiv 2412.06410), with AuxK.
 
 Training keeps the k*B largest activations over the whole batch (mean L0 = k, per-token L0
 varies). Inference is a JumpReLU with one global threshold theta: f = a * 1[a > theta], where
 theta is an EMA (beta = `threshold_beta`) of the smallest activation kept in training batches
-(papers.md §4.3). Until theta has been estimated (buffer < 0), inference falls back to per-token TopK.
-Training forwards take the sparse path of `TopKSAE.forward` with the batch-wide selection.
+(§3 of the paper). Until theta has been estimated (buffer < 0), inference falls back to per-token TopK.
+Training forwards take TopK's sparse path (`sparse_topk_reconstruct`) with the batch-wide selection.
+The threshold helpers below are shared with MatryoshkaSAE, which trains with BatchTopK too.
 """
 
 import torch
@@ -12,9 +13,10 @@ from huggingface_hub.dataclasses import strict
 from torch import Tensor
 from transformers import initialization as init
 
-from ..ops import inherits_unchanged
-from .base import register
-from .topk import SPARSE_MATH, TopKSAE, TopKSAEConfig
+from ..ops import announce_path, sparse_training_enabled
+from .base import SAE, register
+from .sparse import SparseCode, batch_topk, threshold_code, topk_code, topk_losses, update_threshold
+from .topk import TopKSAEConfig, sparse_topk_reconstruct
 
 
 @strict
@@ -31,60 +33,77 @@ class BatchTopKSAEConfig(TopKSAEConfig):
             raise ValueError(f"threshold_beta must be in [0, 1), got {self.threshold_beta}")
 
 
-class BatchTopKSAE(TopKSAE):
+def add_threshold(sae: SAE) -> None:
+    """The inference threshold buffer (shape only; `init_threshold` sets it)."""
+    sae.register_buffer("threshold", torch.empty(()))
+
+
+@torch.no_grad()
+def init_threshold(sae: SAE) -> None:
+    """-1: not estimated yet (the first training batch sets it)."""
+    init.constant_(sae.threshold, -1.0)
+
+
+def batch_topk_features(sae: SAE, pre_acts: Tensor) -> Tensor:
+    """BatchTopK in training (updating the threshold); the threshold, or TopK before it exists, at inference."""
+    if sae.training:
+        features, kept = batch_topk(pre_acts, sae.config.k)
+        update_threshold(sae.threshold, kept, sae.config.threshold_beta)
+        return features
+    if sae.threshold < 0:
+        return topk_code(pre_acts, sae.config.k).to_dense(sae.config.d_sae)
+    return threshold_code(pre_acts, sae.threshold)
+
+
+def batch_topk_code(sae: SAE, x: Tensor) -> SparseCode:
+    """`encode_sparse` of a BatchTopK-trained SAE: with the inference threshold the count varies per token
+    (padded to the busiest token's); per-token TopK in training or before the threshold exists."""
+    if sae.training or sae.threshold < 0:
+        sae.check_input(x)
+        return topk_code(sae.pre_acts(sae.normalize_input(x)[0]), sae.config.k)
+    return SparseCode.from_dense(sae.encode(x))
+
+
+class BatchTopKSAE(SAE):
     config_class = BatchTopKSAEConfig
 
     def add_parameters(self, config: BatchTopKSAEConfig) -> None:
-        self.register_buffer("threshold", torch.empty(()))
+        add_threshold(self)
 
     @torch.no_grad()
     def _init_weights(self, module) -> None:
         super()._init_weights(module)
         if module is self:
-            init.constant_(self.threshold, -1.0)
-
-    def batch_topk(self, pre_acts: Tensor) -> Tensor:
-        """Keep the k * n_tokens largest ReLU'd activations of the whole batch."""
-        flat = torch.relu(pre_acts.reshape(-1, pre_acts.shape[-1]))
-        n_keep = min(self.config.k * flat.shape[0], flat.numel())
-        values, indices = flat.flatten().topk(n_keep, sorted=False)
-        dense = torch.zeros_like(flat).flatten().scatter_(0, indices, values)
-        self._update_threshold(values)
-        return dense.reshape(pre_acts.shape)
-
-    def sparse_selection(self) -> str | None:
-        """The batch-wide top k*N ("batch") in training; eval uses the threshold, so the plain path (None)."""
-        names = SPARSE_MATH + ("batch_topk", "_update_threshold")
-        return "batch" if self.training and inherits_unchanged(self, BatchTopKSAE, names) else None
-
-    @torch.no_grad()
-    def _update_threshold(self, kept: Tensor) -> None:
-        positive = kept[kept > 0]
-        if positive.numel() == 0:
-            return
-        batch_min = positive.min().to(self.threshold.dtype)
-        if self.threshold < 0:
-            self.threshold.copy_(batch_min)
-        else:
-            self.threshold.lerp_(batch_min, 1 - self.config.threshold_beta)
+            init_threshold(self)
 
     def activation(self, pre_acts: Tensor) -> Tensor:
-        if self.training:
-            return self.batch_topk(pre_acts)
-        if self.threshold < 0:
-            return super().activation(pre_acts)
-        return pre_acts * (pre_acts > self.threshold)
+        return batch_topk_features(self, pre_acts)
 
-    def encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(indices, values) of the active latents. With the inference threshold the count varies per
-        token: every token gets as many slots as the busiest one, padded with zero values."""
-        if self.training or self.threshold < 0:
-            return super().encode_sparse(x)
-        features = self.encode(x)
-        width = max(int((features != 0).sum(-1).max()), 1)
-        values, indices = features.topk(width, dim=-1, sorted=False)
-        return indices, values
+    def encode_sparse(self, x: Tensor) -> SparseCode:
+        return batch_topk_code(self, x)
+
+    def losses(self, x: Tensor, pre_acts: Tensor, features: Tensor, x_hat: Tensor, **kw) -> dict[str, Tensor]:
+        return topk_losses(x, pre_acts, x_hat, kw.get("dead_mask"), self.config.resolved_k_aux, self.W_dec)
+
+    def training_path(self) -> str:
+        """ "sparse" (the batch-wide selection of `hubsae.ops.SparseTopKCode`) in training, else "dense"."""
+        return "sparse" if self.training and sparse_training_enabled() else "dense"
+
+    def reconstruct(self, x: Tensor, wants_losses: bool, **loss_kwargs):
+        if wants_losses and self.training_path() == "sparse":
+            announce_path(type(self).__name__, True)
+            x_hat, features, losses, kept = sparse_topk_reconstruct(self, x, True, loss_kwargs.get("dead_mask"))
+            update_threshold(self.threshold, kept, self.config.threshold_beta)
+            return x_hat, features, losses
+        return super().reconstruct(x, wants_losses, **loss_kwargs)
 
 
 register(BatchTopKSAEConfig, BatchTopKSAE)
-__all__ = ["BatchTopKSAEConfig", "BatchTopKSAE"]
+__all__ = [
+    "BatchTopKSAEConfig",
+    "BatchTopKSAE",
+    "add_threshold",
+    "init_threshold",
+    "batch_topk_code",
+    "batch_topk_features",
+]

@@ -12,7 +12,7 @@ them come from ONE fused matmul, so the encoder costs d*h*(m+n) per token, never
 Training and encoding run the sparse Kron path (`hubsae.ops.kron`): a head's largest score is
 found from its factors' extremes, the k winners lie in the k heads with the largest such maxima,
 so only k*m*n pairs are scored; decode and backward touch the k winners and their <= 2k factors
-only. The result is TopK over all F post-latents, the lower index winning ties (as `dense_forward`,
+only. The result is TopK over all F post-latents, the lower index winning ties (as `dense_reconstruct`,
 the reference path kept for HUBSAE_SPARSE_TRAIN=0). JumpReLU thresholds each of the F post-latents
 and keeps the dense path (logged once).
 `eps` is App. H's guard (1e-5): it bounds d z / d u = v / (2 sqrt(uv + eps)) as u -> 0+. Unlike the
@@ -34,7 +34,6 @@ import math
 import torch
 from huggingface_hub.dataclasses import strict
 from torch import Tensor, nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from ..ops import ENV_SWITCH, sparse_training_enabled
@@ -48,10 +47,19 @@ from ..ops.kron import (
     pair_scores,
 )
 from ..ops.sparse_coding import auxk_from_decoded
-from .base import SAE, SAEOutput, auxk_loss, register
+from .base import SAE, register
 from .jumprelu import jumprelu, step
-from .matryoshka import check_groups, prefix_mse_losses, weighted_prefix_mse
-from .topk import TopKSAE, TopKSAEConfig
+from .sparse import (
+    SparseCode,
+    auxk_loss,
+    check_groups,
+    decode_rows,
+    mse_loss,
+    prefix_mse_losses,
+    topk_code,
+    weighted_prefix_mse,
+)
+from .topk import TopKSAEConfig
 
 ACTIVATIONS = ("topk", "jumprelu")
 
@@ -131,19 +139,12 @@ class KronSAEConfig(TopKSAEConfig):
         return kron_flops(self.d_in, self.num_heads, self.m, self.n, self.k)
 
 
-class KronSAE(TopKSAE):
+class KronSAE(SAE):
     config_class = KronSAEConfig
 
-    def __init__(self, config: KronSAEConfig):
-        # Not SAE.__init__: that creates a dense (d_in, d_sae) W_enc, which KronSAE must never allocate.
-        PreTrainedModel.__init__(self, config)
-        self.W_enc = nn.Parameter(torch.empty(config.d_in, config.encoder_width))
-        self.b_enc = nn.Parameter(torch.empty(config.encoder_width))
-        self.W_dec = nn.Parameter(torch.empty(config.d_sae, config.d_in))
-        self.b_dec = nn.Parameter(torch.empty(config.d_in))
+    def add_parameters(self, config: KronSAEConfig) -> None:
         if config.activation == "jumprelu":
             self.threshold = nn.Parameter(torch.empty(config.d_sae))
-        self.post_init()
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -184,23 +185,25 @@ class KronSAE(TopKSAE):
     def activation(self, pre_acts: Tensor) -> Tensor:
         if self.config.activation == "jumprelu":
             return jumprelu(pre_acts, self.threshold, self.config.bandwidth)
-        return super().activation(pre_acts)
+        return topk_code(pre_acts, self.config.k).to_dense(self.config.d_sae)
 
-    def sparse_topk(self, scores: Tensor) -> tuple[Tensor, Tensor]:
-        """Dense reference: (values, indices) of the global TopK over all F scores (lower index first
-        on ties, like the sparse path), with mAND's sqrt applied to the k winners only."""
+    def sparse_topk(self, scores: Tensor) -> SparseCode:
+        """Dense reference: the global TopK over all F scores (lower index first on ties, like the
+        sparse path), with mAND's sqrt applied to the k winners only."""
         flat = scores.reshape(-1, scores.shape[-1])
         positions = keyed_topk(flat.detach(), torch.arange(flat.shape[-1], device=flat.device), self.config.k)
         top = flat.gather(1, positions).reshape(*scores.shape[:-1], -1)
-        return torch.relu(finalize(top, self.config.composition, self.config.mand_eps)), positions.view_as(top)
+        return SparseCode(
+            positions.view_as(top), torch.relu(finalize(top, self.config.composition, self.config.mand_eps))
+        )
 
-    def dense_reason(self) -> str | None:
-        """Why this model trains through the dense path, or None for the sparse Kron path."""
+    def training_path(self) -> str:
+        """ "sparse" (the Kron path of `hubsae.ops.kron`) or "dense: <why>"."""
         if self.config.activation != "topk":
-            return "JumpReLU thresholds every post-latent (its L0 loss and threshold gradient read all F of them)"
+            return "dense: JumpReLU thresholds every post-latent (its L0 loss and threshold gradient read all F)"
         if not sparse_training_enabled():
-            return f"{ENV_SWITCH}=0"
-        return None
+            return f"dense: {ENV_SWITCH}=0"
+        return "sparse"
 
     def kron_code(self, x_ND: Tensor, dead_mask: Tensor | None = None, k_aux: int = 0):
         """`hubsae.ops.kron.kron_code` on flattened normalized x: (values, indices, aux values, aux indices)."""
@@ -209,96 +212,76 @@ class KronSAE(TopKSAE):
         shape = (cfg.num_heads, cfg.m, cfg.n, cfg.k)
         return kron_code(x_in, self.W_enc, self.b_enc, shape, cfg.composition, cfg.mand_eps, dead_mask, k_aux)
 
-    def encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(indices, values) of the active post-latents, each (..., k); pairs with `decode_sparse`.
+    def encode_sparse(self, x: Tensor) -> SparseCode:
+        """The active post-latents, (..., k) each; pairs with `decode_sparse`.
 
         TopK selects through the head maxima (`hubsae.ops.kron`), never scoring all F post-latents.
         With JumpReLU the width is the largest L0 over the given tokens (shorter codes padded with
         zero values), since a threshold code has no fixed k.
         """
-        if self.config.activation == "topk":
-            self.check_input(x)
-            x_norm = self.normalize_input(x)[0]
-            values, indices, _, _ = self.kron_code(x_norm.reshape(-1, self.config.d_in))
-            lead = (*x.shape[:-1], self.config.k)
-            return indices.view(lead), values.view(lead)
-        dense = self.encode(x)
-        width = int((dense != 0).sum(-1).max()) if dense.numel() else 0
-        values, indices = dense.topk(width, dim=-1, sorted=False)
-        return indices, values
+        if self.config.activation != "topk":
+            return SparseCode.from_dense(self.encode(x))
+        self.check_input(x)
+        x_norm = self.normalize_input(x)[0]
+        values, indices, _, _ = self.kron_code(x_norm.reshape(-1, self.config.d_in))
+        lead = (*x.shape[:-1], self.config.k)
+        return SparseCode(indices.view(lead), values.view(lead))
 
     def encode(self, x: Tensor) -> Tensor:
         if self.config.activation != "topk":
             return super().encode(x)
-        indices, values = self.encode_sparse(x)
-        return values.new_zeros(*values.shape[:-1], self.config.d_sae).scatter_(-1, indices, values)
+        return self.encode_sparse(x).to_dense(self.config.d_sae)
 
-    def forward(self, hidden_states: Tensor, compute_losses: bool | None = None, **loss_kwargs) -> SAEOutput:
+    def reconstruct(self, x: Tensor, wants_losses: bool, **loss_kwargs):
         """TopK runs the sparse Kron path (selection through head maxima, k-sparse decode and
-        backward); JumpReLU, or HUBSAE_SPARSE_TRAIN=0, the dense one (logged once)."""
-        wants_losses = compute_losses if compute_losses is not None else self.training
-        reason = self.dense_reason()
+        backward); JumpReLU, or HUBSAE_SPARSE_TRAIN=0, a dense one (logged once)."""
+        path = self.training_path()
         if wants_losses:
-            announce_kron_path(type(self).__name__, reason)
-        if reason is None:
-            return self.sparse_forward(hidden_states, wants_losses, loss_kwargs.get("dead_mask"))
+            announce_kron_path(type(self).__name__, path)
+        if path == "sparse":
+            return self.sparse_reconstruct(x, wants_losses, loss_kwargs.get("dead_mask"))
         if self.config.activation != "topk":
-            return super().forward(hidden_states, compute_losses, **loss_kwargs)
-        return self.dense_forward(hidden_states, wants_losses, **loss_kwargs)
+            return super().reconstruct(x, wants_losses, **loss_kwargs)
+        return self.dense_reconstruct(x, wants_losses, **loss_kwargs)
 
-    def sparse_forward(self, hidden_states: Tensor, wants_losses: bool, dead_mask: Tensor | None) -> SAEOutput:
-        """`forward` through `hubsae.ops.kron`: same losses and gradients as `dense_forward`, O(k) per token
+    def sparse_reconstruct(self, x: Tensor, wants_losses: bool, dead_mask: Tensor | None):
+        """Through `hubsae.ops.kron`: same losses and gradients as `dense_reconstruct`, O(k) per token
         after the encoder GEMM (features are the one (N, F) tensor, detached, as in TopK's sparse path)."""
         cfg = self.config
-        self.check_input(hidden_states)
-        x, stats = self.normalize_input(hidden_states)
         lead, x_ND = x.shape[:-1], x.reshape(-1, cfg.d_in)
         k_aux = cfg.resolved_k_aux if wants_losses else 0
         values, indices, aux_values, aux_indices = self.kron_code(x_ND, dead_mask, k_aux)
         bounds = list(itertools.accumulate(cfg.group_sizes))[:-1] if cfg.group_sizes and wants_losses else None
         parts_GND = grouped_decode(indices, values, self.W_dec, bounds)  # each Matryoshka group's decode
         x_hat_ND = parts_GND.sum(0) + self.b_dec
-        feats_NF = values.new_zeros(x_ND.shape[0], cfg.d_sae).scatter_(1, indices, values.detach())
-        losses = loss = None
+        feats_NF = SparseCode(indices, values.detach()).to_dense(cfg.d_sae)
+        losses = None
         if wants_losses:
-            losses = {"mse": (x_ND - x_hat_ND).pow(2).sum(-1).mean()}
+            losses = {"mse": mse_loss(x_ND, x_hat_ND)}
             if bounds is not None:
                 prefixes = parts_GND.cumsum(0) + self.b_dec  # (G, N, d): reconstruction of each prefix
                 prefix = (x_ND - prefixes).pow(2).sum(-1).mean(-1)
                 losses["prefix_mse"] = weighted_prefix_mse(prefix, cfg.group_weights)
             aux_ND = grouped_decode(aux_indices, aux_values, self.W_dec)[0] if aux_indices is not None else None
             losses["auxk"] = auxk_from_decoded(x_ND - x_hat_ND, aux_ND)
-            weights = cfg.loss_weights()
-            loss = sum(weights[name] * value for name, value in losses.items())
-        x_hat = self.denormalize(x_hat_ND.reshape(*lead, cfg.d_in), stats)
-        return SAEOutput(reconstruction=x_hat, features=feats_NF.reshape(*lead, -1), loss=loss, losses=losses)
+        return x_hat_ND.reshape(*lead, cfg.d_in), feats_NF.reshape(*lead, -1), losses
 
-    def dense_forward(self, hidden_states: Tensor, wants_losses: bool, **loss_kwargs) -> SAEOutput:
+    def dense_reconstruct(self, x: Tensor, wants_losses: bool, **loss_kwargs):
         """The reference path: (N, F) pair scores, a TopK over all of them, dense features."""
-        self.check_input(hidden_states)
-        x, stats = self.normalize_input(hidden_states)
         scores = self.pair_scores(x)
-        values, indices = self.sparse_topk(scores)
-        lead, k = indices.shape[:-1], indices.shape[-1]
-        x_hat = (
-            nn.functional.embedding_bag(
-                indices.reshape(-1, k), self.W_dec, per_sample_weights=values.reshape(-1, k), mode="sum"
-            ).reshape(*lead, self.config.d_in)
-            + self.b_dec
-        )
-        feats = torch.zeros_like(scores).scatter(-1, indices, values)
-        losses = loss = None
+        code = self.sparse_topk(scores)
+        x_hat = decode_rows(code.indices, code.values, self.W_dec) + self.b_dec
+        feats = code.to_dense(self.config.d_sae)
+        losses = None
         if wants_losses:
             dead = loss_kwargs.get("dead_mask")
             pre = self.pre_acts(x) if dead is not None and bool(dead.any()) else scores  # AuxK reads it only then
             losses = self.losses(x, pre, feats, x_hat, **loss_kwargs)
-            weights = self.config.loss_weights()
-            loss = sum(weights[name] * value for name, value in losses.items())
-        return SAEOutput(reconstruction=self.denormalize(x_hat, stats), features=feats, loss=loss, losses=losses)
+        return x_hat, feats, losses
 
     def losses(self, x: Tensor, pre_acts: Tensor, features: Tensor, x_hat: Tensor, **kw) -> dict[str, Tensor]:
         cfg = self.config
-        out = SAE.losses(self, x, pre_acts, features, x_hat)
+        out = {"mse": mse_loss(x, x_hat)}
         if cfg.group_sizes is not None:
             prefix = prefix_mse_losses(x, features, self.W_dec, self.b_dec, list(cfg.group_sizes))
             out["prefix_mse"] = weighted_prefix_mse(prefix, cfg.group_weights)

@@ -1,7 +1,7 @@
-"""Matryoshka SAE (Bussmann, Nabeshima, Karvonen, Nanda 2025), on BatchTopK or TopK, with AuxK.
+"""Matryoshka SAE (Bussmann, Nabeshima, Karvonen, Nanda, arXiv 2503.17547), on BatchTopK or TopK, with AuxK.
 
 The latents are ordered into groups of sizes s_1..s_G; with prefixes m_g = s_1 + ... + s_g, every
-prefix of the dictionary must reconstruct on its own (papers.md §4.6):
+prefix of the dictionary must reconstruct on its own:
 
     L = sum_g w_g ||x - (f[:m_g] W_dec[:m_g] + b_dec)||^2 + auxk_coefficient * L_aux
 
@@ -12,27 +12,15 @@ sum is the same objective scaled by G, which under Adam mainly weakens AuxK by G
 AuxK reconstructs the full-dictionary residual. `losses()` reports "mse" (the full reconstruction,
 weight 0: it is the last prefix, already inside "prefix_mse") next to the weighted "prefix_mse".
 The default groups are the official release's [F/16, F/16, F/8, F/4, F/2].
-`prefix_mse_losses` and `check_groups` are shared with KronSAE (its groups are multiples of m*n).
+The prefix losses and group checks live in `sparse.py`, shared with KronSAE (groups of m*n multiples).
 """
 
-import torch
 from huggingface_hub.dataclasses import strict
 from torch import Tensor
 
-from .base import SAE, auxk_loss, register
-from .batchtopk import BatchTopKSAE, BatchTopKSAEConfig
-
-
-def check_groups(group_sizes: list[int], group_weights: list[float] | None, d_sae: int, multiple: int = 1) -> None:
-    """Raise a ValueError naming the problem unless the groups tile d_sae in multiples of `multiple`."""
-    if not group_sizes or any(s <= 0 for s in group_sizes):
-        raise ValueError(f"group_sizes must be a non-empty list of positive sizes, got {group_sizes}")
-    if sum(group_sizes) != d_sae:
-        raise ValueError(f"group_sizes {group_sizes} sum to {sum(group_sizes)}, not d_sae={d_sae}")
-    if any(s % multiple for s in group_sizes):
-        raise ValueError(f"every group size must be a multiple of {multiple} (m*n, one head), got {group_sizes}")
-    if group_weights is not None and (len(group_weights) != len(group_sizes) or min(group_weights) < 0):
-        raise ValueError(f"group_weights {group_weights} must be {len(group_sizes)} non-negative numbers")
+from .base import SAE, register
+from .batchtopk import BatchTopKSAEConfig, add_threshold, batch_topk_code, batch_topk_features, init_threshold
+from .sparse import SparseCode, auxk_loss, check_groups, mse_loss, prefix_mse_losses, topk_code, weighted_prefix_mse
 
 
 def default_group_sizes(d_sae: int) -> list[int]:
@@ -40,26 +28,6 @@ def default_group_sizes(d_sae: int) -> list[int]:
     if d_sae % 16:
         raise ValueError(f"the default Matryoshka groups need d_sae divisible by 16, got {d_sae}; set group_sizes")
     return [d_sae // 16, d_sae // 16, d_sae // 8, d_sae // 4, d_sae // 2]
-
-
-def prefix_mse_losses(x: Tensor, features: Tensor, W_dec: Tensor, b_dec: Tensor, group_sizes: list[int]) -> Tensor:
-    """Per-prefix reconstruction losses (G,): mean over tokens of ||x - f[:m_g] W_dec[:m_g] - b_dec||^2.
-
-    Adds one group's decoder contribution at a time, so all G losses cost one full decode.
-    """
-    x_hat = b_dec.expand_as(x)
-    losses, start = [], 0
-    for size in group_sizes:
-        x_hat = x_hat + features[..., start : start + size] @ W_dec[start : start + size]
-        losses.append((x - x_hat).pow(2).sum(-1).mean())
-        start += size
-    return torch.stack(losses)
-
-
-def weighted_prefix_mse(losses: Tensor, group_weights: list[float] | None) -> Tensor:
-    if group_weights is None:
-        return losses.mean()
-    return (losses * losses.new_tensor(group_weights)).sum()
 
 
 @strict
@@ -86,22 +54,38 @@ class MatryoshkaSAEConfig(BatchTopKSAEConfig):
         return {"mse": 0.0, "prefix_mse": 1.0, "auxk": self.auxk_coefficient}
 
 
-class MatryoshkaSAE(BatchTopKSAE):
+class MatryoshkaSAE(SAE):
+    """Trains through the dense path: every prefix loss reads the dense features."""
+
     config_class = MatryoshkaSAEConfig
+
+    def add_parameters(self, config: MatryoshkaSAEConfig) -> None:
+        add_threshold(self)
+
+    def _init_weights(self, module) -> None:
+        super()._init_weights(module)
+        if module is self:
+            init_threshold(self)
 
     def activation(self, pre_acts: Tensor) -> Tensor:
         if self.config.batch_topk:
-            return super().activation(pre_acts)
-        values, indices = self.topk(pre_acts)
-        return torch.zeros_like(pre_acts).scatter_(-1, indices, values)
+            return batch_topk_features(self, pre_acts)
+        return topk_code(pre_acts, self.config.k).to_dense(self.config.d_sae)
+
+    def encode_sparse(self, x: Tensor) -> SparseCode:
+        if self.config.batch_topk:
+            return batch_topk_code(self, x)
+        self.check_input(x)
+        return topk_code(self.pre_acts(self.normalize_input(x)[0]), self.config.k)
 
     def losses(self, x: Tensor, pre_acts: Tensor, features: Tensor, x_hat: Tensor, **kw) -> dict[str, Tensor]:
-        out = SAE.losses(self, x, pre_acts, features, x_hat)
         prefix = prefix_mse_losses(x, features, self.W_dec, self.b_dec, self.config.resolved_group_sizes)
-        out["prefix_mse"] = weighted_prefix_mse(prefix, self.config.group_weights)
-        out["auxk"] = auxk_loss(x - x_hat, pre_acts, kw.get("dead_mask"), self.config.resolved_k_aux, self.W_dec)
-        return out
+        return {
+            "mse": mse_loss(x, x_hat),
+            "prefix_mse": weighted_prefix_mse(prefix, self.config.group_weights),
+            "auxk": auxk_loss(x - x_hat, pre_acts, kw.get("dead_mask"), self.config.resolved_k_aux, self.W_dec),
+        }
 
 
 register(MatryoshkaSAEConfig, MatryoshkaSAE)
-__all__ = ["MatryoshkaSAEConfig", "MatryoshkaSAE", "prefix_mse_losses", "check_groups"]
+__all__ = ["MatryoshkaSAEConfig", "MatryoshkaSAE", "default_group_sizes"]

@@ -5,6 +5,7 @@ L = ||x - x_hat||^2 + l1_coefficient * sum_i f_i ||W_dec[i]||  (papers.md §4.1)
 No unit-norm decoder constraint and no b_dec subtraction before encoding, as in the update.
 """
 
+import torch
 from huggingface_hub.dataclasses import strict
 from torch import Tensor
 
@@ -35,6 +36,9 @@ class ReLUSAE(SAE):
 
     def _decoder_init_norm(self) -> float:
         return 0.1  # dictionary_learning's April-update init: random directions of norm 0.1
+
+    def activation(self, pre_acts: Tensor) -> Tensor:
+        return torch.relu(pre_acts)
 
     def losses(self, x: Tensor, pre_acts: Tensor, features: Tensor, x_hat: Tensor, **kw) -> dict[str, Tensor]:
         out = super().losses(x, pre_acts, features, x_hat)

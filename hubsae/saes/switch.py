@@ -27,8 +27,9 @@ from huggingface_hub.dataclasses import strict
 from torch import Tensor, nn
 from transformers import initialization as init
 
-from .base import SAEOutput, auxk_loss, register
-from .topk import TopKSAE, TopKSAEConfig
+from .base import SAE, register
+from .sparse import SparseCode, decode_rows, topk_losses
+from .topk import TopKSAEConfig
 
 
 @strict
@@ -60,7 +61,7 @@ class SwitchSAEConfig(TopKSAEConfig):
         return {"mse": 1.0, "auxk": self.auxk_coefficient, "load_balance": self.lb_coefficient * self.d_in}
 
 
-class SwitchSAE(TopKSAE):
+class SwitchSAE(SAE):
     config_class = SwitchSAEConfig
 
     def add_parameters(self, config: SwitchSAEConfig) -> None:
@@ -101,25 +102,15 @@ class SwitchSAE(TopKSAE):
         gate = probs.gather(-1, expert[:, None])
         return local + expert[:, None] * self.config.expert_size, torch.relu(values) * gate, probs, expert, pre_TE
 
-    def _dense(self, indices: Tensor, values: Tensor) -> Tensor:
-        return values.new_zeros(*values.shape[:-1], self.config.d_sae).scatter(-1, indices, values)
-
-    def encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def encode_sparse(self, x: Tensor) -> SparseCode:
         self.check_input(x)
         x, _ = self.normalize_input(x)
-        flat = x.reshape(-1, x.shape[-1])
-        indices, values, *_ = self.sparse_code(flat)
+        indices, values, *_ = self.sparse_code(x.reshape(-1, x.shape[-1]))
         lead = x.shape[:-1]
-        return indices.reshape(*lead, -1), values.reshape(*lead, -1)
+        return SparseCode(indices.reshape(*lead, -1), values.reshape(*lead, -1))
 
     def encode(self, x: Tensor) -> Tensor:
-        indices, values = self.encode_sparse(x)
-        return self._dense(indices, values)
-
-    def activation(self, pre_acts: Tensor) -> Tensor:
-        raise TypeError(
-            "SwitchSAE features depend on the router's gate, not on pre-activations alone: use encode / encode_sparse"
-        )
+        return self.encode_sparse(x).to_dense(self.config.d_sae)
 
     def pre_acts(self, x: Tensor) -> Tensor:
         """Dense (..., d_sae) pre-activations: the routed expert's block, zeros elsewhere."""
@@ -130,7 +121,7 @@ class SwitchSAE(TopKSAE):
     def _dense_pre(self, pre_TE: Tensor, expert: Tensor) -> Tensor:
         size = self.config.expert_size
         cols = expert[:, None] * size + torch.arange(size, device=expert.device)
-        return self._dense(cols, pre_TE)
+        return SparseCode(cols, pre_TE).to_dense(self.config.d_sae)
 
     def load_balance_loss(self, probs: Tensor, expert: Tensor) -> Tensor:
         """N * sum_i frac_i * P_i (Switch Transformer); 1 when routing is uniform."""
@@ -138,27 +129,18 @@ class SwitchSAE(TopKSAE):
         frac = torch.bincount(expert, minlength=n_exp).to(probs.dtype) / expert.numel()
         return n_exp * (frac * probs.mean(0)).sum()
 
-    def forward(self, hidden_states: Tensor, compute_losses: bool | None = None, **loss_kwargs) -> SAEOutput:
-        self.check_input(hidden_states)
-        x, stats = self.normalize_input(hidden_states)
+    def reconstruct(self, x: Tensor, wants_losses: bool, **loss_kwargs):
         lead, flat = x.shape[:-1], x.reshape(-1, x.shape[-1])
         indices, values, probs, expert, pre_TE = self.sparse_code(flat)
-        x_hat = nn.functional.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum") + self.b_dec
-        losses = loss = None
-        if compute_losses if compute_losses is not None else self.training:
+        x_hat = decode_rows(indices, values, self.W_dec) + self.b_dec
+        losses = None
+        if wants_losses:
             pre = self._dense_pre(pre_TE, expert)
             dead = loss_kwargs.get("dead_mask")
-            losses = {
-                "mse": (flat - x_hat).pow(2).sum(-1).mean(),
-                "auxk": auxk_loss(flat - x_hat, pre, dead, self.config.resolved_k_aux, self.W_dec),
-                "load_balance": self.load_balance_loss(probs, expert),
-            }
-            weights = self.config.loss_weights()
-            loss = sum(weights[name] * value for name, value in losses.items())
-        feats = self._dense(indices, values).reshape(*lead, -1)
-        return SAEOutput(
-            reconstruction=self.denormalize(x_hat.reshape(*lead, -1), stats), features=feats, loss=loss, losses=losses
-        )
+            losses = topk_losses(flat, pre, x_hat, dead, self.config.resolved_k_aux, self.W_dec)
+            losses["load_balance"] = self.load_balance_loss(probs, expert)
+        feats = SparseCode(indices, values).to_dense(self.config.d_sae)
+        return x_hat.reshape(*lead, -1), feats.reshape(*lead, -1), losses
 
 
 register(SwitchSAEConfig, SwitchSAE)

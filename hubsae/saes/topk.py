@@ -6,19 +6,16 @@ top-k_aux dead latents (dead = not fired within the trainer's window).
 
 Training forwards (losses computed) go through `hubsae.ops.SparseTopKCode`: the same loss,
 gradients and outputs, but only the encoder's forward is a dense GEMM; everything after the
-top-k is sparse (set HUBSAE_SPARSE_TRAIN=0 for the plain dense path). A subclass that
-overrides any method named in `SPARSE_MATH` keeps the plain path.
+top-k is sparse (set HUBSAE_SPARSE_TRAIN=0 for the plain dense path). BatchTopK trains through
+the same path (`sparse_topk_reconstruct`) with the batch-wide selection.
 """
 
-import torch
 from huggingface_hub.dataclasses import strict
 from torch import Tensor
 
-from ..ops import announce_path, auxk_from_decoded, inherits_unchanged, sparse_topk_code, sparse_training_enabled
-from .base import SAE, SAEConfig, SAEOutput, auxk_loss, register
-
-# the methods whose plain math the sparse training forward reproduces
-SPARSE_MATH = ("pre_acts", "activation", "losses", "topk", "_decode_normalized")
+from ..ops import announce_path, auxk_from_decoded, sparse_topk_code, sparse_training_enabled
+from .base import SAE, SAEConfig, register
+from .sparse import SparseCode, mse_loss, topk_code, topk_losses
 
 
 @strict
@@ -51,61 +48,42 @@ class TopKSAEConfig(SAEConfig):
 class TopKSAE(SAE):
     config_class = TopKSAEConfig
 
-    def topk(self, pre_acts: Tensor) -> tuple[Tensor, Tensor]:
-        """The k largest ReLU'd pre-activations per token: (values, indices), each (..., k)."""
-        values, indices = pre_acts.topk(self.config.k, dim=-1, sorted=False)
-        return torch.relu(values), indices
-
     def activation(self, pre_acts: Tensor) -> Tensor:
-        values, indices = self.topk(pre_acts)
-        return torch.zeros_like(pre_acts).scatter_(-1, indices, values)
+        return topk_code(pre_acts, self.config.k).to_dense(self.config.d_sae)
 
-    def encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(indices, values) of the k active latents, each (..., k); pairs with `decode_sparse`."""
+    def encode_sparse(self, x: Tensor) -> SparseCode:
+        """The k active latents of each token, (..., k) each; pairs with `decode_sparse`."""
         self.check_input(x)
-        x, _ = self.normalize_input(x)
-        values, indices = self.topk(self.pre_acts(x))
-        return indices, values
+        return topk_code(self.pre_acts(self.normalize_input(x)[0]), self.config.k)
 
     def losses(self, x: Tensor, pre_acts: Tensor, features: Tensor, x_hat: Tensor, **kw) -> dict[str, Tensor]:
-        out = super().losses(x, pre_acts, features, x_hat)
-        out["auxk"] = auxk_loss(x - x_hat, pre_acts, kw.get("dead_mask"), self.config.resolved_k_aux, self.W_dec)
-        return out
+        return topk_losses(x, pre_acts, x_hat, kw.get("dead_mask"), self.config.resolved_k_aux, self.W_dec)
 
-    # ---- sparse training forward ------------------------------------------------------------
+    def training_path(self) -> str:
+        """ "sparse" when training forwards run `hubsae.ops.SparseTopKCode`, else "dense"."""
+        return "sparse" if sparse_training_enabled() else "dense"
 
-    def sparse_selection(self) -> str | None:
-        """Which sparse training selection this class may use ("topk"), or None for the plain path."""
-        return "topk" if inherits_unchanged(self, TopKSAE, SPARSE_MATH) else None
+    def reconstruct(self, x: Tensor, wants_losses: bool, **loss_kwargs):
+        if wants_losses and self.training_path() == "sparse":
+            announce_path(type(self).__name__, True)
+            x_hat, features, losses, _ = sparse_topk_reconstruct(self, x, False, loss_kwargs.get("dead_mask"))
+            return x_hat, features, losses
+        return super().reconstruct(x, wants_losses, **loss_kwargs)
 
-    def forward(self, hidden_states: Tensor, compute_losses: bool | None = None, **loss_kwargs) -> SAEOutput:
-        wants_losses = compute_losses if compute_losses is not None else self.training
-        selection = self.sparse_selection() if wants_losses else None
-        if selection is not None:
-            enabled = sparse_training_enabled()
-            announce_path(type(self).__name__, enabled)
-            if enabled:
-                return self.sparse_forward(hidden_states, selection == "batch", loss_kwargs.get("dead_mask"))
-        return super().forward(hidden_states, compute_losses, **loss_kwargs)
 
-    def sparse_forward(self, hidden_states: Tensor, batch: bool, dead_mask: Tensor | None) -> SAEOutput:
-        """`forward` with losses through `SparseTopKCode`: per-token TopK, or BatchTopK when `batch`."""
-        self.check_input(hidden_states)
-        x, stats = self.normalize_input(hidden_states)
-        lead, x_ND = x.shape[:-1], x.reshape(-1, x.shape[-1])
-        b_dec = self.b_dec if self.config.subtract_b_dec else None
-        decoded_ND, aux_ND, feats_NF, kept = sparse_topk_code(
-            x_ND, self.W_enc, self.b_enc, self.W_dec, b_dec, self.config.k, batch, dead_mask, self.config.resolved_k_aux
-        )
-        if batch:
-            self._update_threshold(kept)
-        x_hat_ND = decoded_ND + self.b_dec
-        losses = {"mse": (x_ND - x_hat_ND).pow(2).sum(-1).mean(), "auxk": auxk_from_decoded(x_ND - x_hat_ND, aux_ND)}
-        weights = self.config.loss_weights()
-        loss = sum(weights[name] * value for name, value in losses.items())
-        x_hat = self.denormalize(x_hat_ND.reshape(*lead, -1), stats)
-        return SAEOutput(reconstruction=x_hat, features=feats_NF.reshape(*lead, -1), loss=loss, losses=losses)
+def sparse_topk_reconstruct(sae: SAE, x: Tensor, batch: bool, dead_mask: Tensor | None):
+    """`SAE.reconstruct` with losses through `SparseTopKCode` (per-token TopK, or BatchTopK when `batch`):
+    the same values and gradients as the dense path. Returns (x_hat, features, losses, kept values)."""
+    cfg = sae.config
+    lead, x_ND = x.shape[:-1], x.reshape(-1, x.shape[-1])
+    b_dec = sae.b_dec if cfg.subtract_b_dec else None
+    decoded_ND, aux_ND, feats_NF, kept = sparse_topk_code(
+        x_ND, sae.W_enc, sae.b_enc, sae.W_dec, b_dec, cfg.k, batch, dead_mask, cfg.resolved_k_aux
+    )
+    x_hat_ND = decoded_ND + sae.b_dec
+    losses = {"mse": mse_loss(x_ND, x_hat_ND), "auxk": auxk_from_decoded(x_ND - x_hat_ND, aux_ND)}
+    return x_hat_ND.reshape(*lead, -1), feats_NF.reshape(*lead, -1), losses, kept
 
 
 register(TopKSAEConfig, TopKSAE)
-__all__ = ["TopKSAEConfig", "TopKSAE"]
+__all__ = ["TopKSAEConfig", "TopKSAE", "sparse_topk_reconstruct"]

@@ -29,6 +29,7 @@ from ..data.stream import DataPosition
 from ..files import atomic_write_text
 from ..plots import have_matplotlib, plot_training_curves
 from ..saes.base import SAE
+from ..saes.sparse import weighted_loss
 from . import checkpoint as ckpt
 from .build import SAEBundle, ensure_cache, estimate_and_build, load_model, make_stream
 from .config import RESUMABLE_CHANGES, TrainConfig
@@ -259,10 +260,9 @@ class Trainer:
     def _total_loss(self, outs: dict, sparsity: float) -> Tensor:
         total = 0.0
         for name, out in outs.items():
-            weights = self.saes[name].config.loss_weights()
-            for term, value in out.losses.items():
-                scale = sparsity if term in self.config.sparsity_losses else 1.0
-                total = total + weights[term] * scale * value
+            weights = self.saes[name].config.loss_weights()  # the sparsity penalties warm up by `sparsity`
+            warm = {t: w * (sparsity if t in self.config.sparsity_losses else 1.0) for t, w in weights.items()}
+            total = total + weighted_loss(out.losses, warm)
         if self.ortho is not None:
             penalty = self.ortho(self.saes, self.step)
             total = total if penalty is None else total + penalty

@@ -188,19 +188,20 @@ def _forbid_sparse(*args, **kwargs):
     raise AssertionError("the sparse path ran")
 
 
-def test_routing_subclasses_and_env_switch(monkeypatch):
-    """Subclasses overriding the math keep the plain path; TopK takes the sparse one unless switched off."""
+def test_training_paths_and_env_switch(monkeypatch):
+    """Matryoshka and KronSAE never take TopK's sparse path; TopK does unless switched off."""
     monkeypatch.setattr(topk_module, "sparse_topk_code", _forbid_sparse)
     monkeypatch.setenv(ENV_SWITCH, "1")
     x = torch.randn(8, D_IN)
     matryoshka = MatryoshkaSAE(MatryoshkaSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, group_sizes=[16, 48])).train()
     kron = KronSAE(KronSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, num_heads=4, m=2, n=8)).train()
     for sae in (matryoshka, kron):
-        assert sae.sparse_selection() is None
         sae(x).loss.backward()
-    assert make_sae("batchtopk").eval().sparse_selection() is None  # eval uses the threshold
+    assert make_sae("batchtopk").train().training_path() == "sparse"
+    assert make_sae("batchtopk").eval().training_path() == "dense"  # eval uses the threshold
     with pytest.raises(AssertionError, match="sparse path ran"):
         make_sae("topk")(x)
     monkeypatch.setenv(ENV_SWITCH, "0")
+    assert make_sae("topk").training_path() == "dense"
     make_sae("topk")(x).loss.backward()
     make_sae("topk")(x, compute_losses=False)  # no losses: plain path either way

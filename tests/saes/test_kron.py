@@ -250,7 +250,7 @@ def dense_reference(sae, x: torch.Tensor, dead_mask: torch.Tensor | None) -> dic
         e = (x - x_hat).detach()
         aux = dense_topk_acts(torch.where(dead_mask, z, -torch.inf), min(cfg.resolved_k_aux, int(dead_mask.sum())))
         aux = torch.nan_to_num(aux, neginf=0.0)
-        out["auxk"] = (e - aux @ sae.W_dec).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean()
+        out["auxk"] = (e - aux @ sae.W_dec).pow(2).sum(-1).mean()  # raw, in the MSE units
     weights = cfg.loss_weights()
     out["loss"] = sum(weights[name] * out[name] for name in weights)
     return out

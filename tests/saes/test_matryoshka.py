@@ -5,7 +5,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
 
 import hubsae
-from hubsae.saes.matryoshka import prefix_mse_losses
+from hubsae.saes.sparse import prefix_mse_losses
 
 
 def make(**kw):

@@ -38,7 +38,7 @@ def test_features_are_the_gated_topk_of_the_routed_expert():
     idx, vals = sae.encode_sparse(x.reshape(5, 8, 8))
     assert idx.shape == (5, 8, 3)
     assert ((idx // 12) == expert.reshape(5, 8, 1)).all()
-    with pytest.raises(TypeError, match="router"):
+    with pytest.raises(NotImplementedError, match="SwitchSAE has no dense activation"):
         sae.activation(sae.pre_acts(x))
 
 
