@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from test_eval_browser import CHROMIUM, _chromium
+from test_eval_browser import CHROMIUM, _chromium, _DevTools
 from tiny_llama import tiny_llama
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -232,6 +232,14 @@ def test_hooks_removed_on_success_and_on_error(tokenizer):
         attribute(model, sae, inputs, lambda logits: torch.tensor(1.0))
     assert _hook_count(model) == before
 
+    def fails(*args, **kwargs):
+        raise RuntimeError("inside the forward")
+
+    sae.encode = sae.encode_sparse = fails  # raises from inside a hook, mid-forward
+    with pytest.raises(RuntimeError, match="inside the forward"):
+        attribute(model, sae, inputs, token_logprob(" Paris", tokenizer))
+    assert _hook_count(model) == before
+
 
 def test_bad_inputs_name_the_problem(tokenizer):
     model = tiny_llama(tokenizer)
@@ -357,3 +365,29 @@ def test_the_paris_example_runs_on_given_saes(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "logprob[' Paris']" in out and "ablation check: Pearson r = " in out and "sign agrees for" in out
     assert (tmp_path / "out" / "attribution.html").is_file()
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (scripts/install_chromium.sh needs root and apt)"
+)
+def test_clicking_a_token_shows_its_top_nodes(llama3, tokenizer, tmp_path):
+    saes = [_topk("model.layers.0", seed=1), _topk("model.layers.1", seed=2)]
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    result = attribute(llama3, saes, inputs, token_logprob(" Paris", tokenizer), tokenizer=tokenizer)
+    paths = write_attribution(result, tmp_path / "site")
+    browser = _DevTools(tmp_path / "profile")
+    try:
+        browser.open(paths["html"].as_uri())
+        assert browser.js("document.body.dataset.status") == "ok"
+        browser.js("document.querySelector('.tok[data-key=\"0:2\"]').click()")
+        assert browser.js("document.body.dataset.position") == "0:2"
+        assert browser.js("$('toktitle').textContent") == 'Top nodes at " of" (position 2)'
+        shown = browser.js("[...$('pertoken').querySelectorAll('tr')].slice(1).map(r => r.children[2].textContent)")
+        expected = [n for n in result.nodes() if n.position == 2][:12]
+        assert shown == ["2"] * len(expected) and len(expected) == 12
+        noise = [
+            e for e in browser.events if e.get("method") in ("Runtime.consoleAPICalled", "Runtime.exceptionThrown")
+        ]
+        assert noise == []
+    finally:
+        browser.close()
