@@ -3,18 +3,19 @@
 At a hookpoint with an SAE, the activation splits into nodes: x = base + sum_i f_i d_i + e, with f_i
 the features, d_i the decoder rows in the model's units, base the decoder bias in the model's units
 and e the SAE's error term. A node's attribution estimates m(clean) - m(node set to 0):
-- "atp", attribution patching (Syed et al., arXiv 2310.10348; Marks et al., arXiv 2403.19647 §2):
+- "atp", attribution patching (Syed et al., arXiv 2310.10348; Marks et al., arXiv 2403.19647):
   f_i * dm/df_i on the clean run (for the error, e . dm/de), every node of every SAE from one
   forward and one backward. Gradients are total derivatives through the unchanged model: each hook
   returns its input's value exactly, so the downstream SAEs only read, never edit.
 - "ig", integrated gradients (Sundararajan et al., arXiv 1703.01365) along the straight line from
   base to x, one hookpoint at a time: `steps` forwards and backwards per hookpoint; the nodes of a
-  hookpoint sum to m(clean) - m(x replaced by base) up to the quadrature error.
+  hookpoint sum to m(clean) - m(the attributed tokens' x replaced by base), up to the quadrature error.
 Transcoders (`config.hookpoint_out`) read at their hookpoint and write at `hookpoint_out`: their
 features come from the input, their nodes (features, error = actual output - reconstruction) sit
 on the output.
-Edges (Marks et al. §2.2's AtP on the downstream node): for a downstream feature activation a_j,
-the weight from an upstream node n is n's activation times d a_j / d n, through the model.
+Edges are AtP on the downstream feature's activation a_j: the weight from an upstream node n is
+n's activation times d a_j / d n, through the model (Marks et al.'s edge effect multiplies this by
+the metric's gradient at a_j; the node's own attribution gives that factor).
 """
 
 import math
