@@ -6,7 +6,6 @@ import re
 import pytest
 import torch
 from test_eval_browser import CHROMIUM, _chromium, _DevTools
-from tiny_llama import tiny_llama
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import hubsae
@@ -23,19 +22,27 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(smollm2_path())
 
 
-@pytest.fixture(scope="module")
-def llama3(tokenizer):
-    """Three layers, so that the outputs of layers 0 and 1 are plain hidden states (the last gets the norm)."""
+def tiny_llama(tokenizer, layers: int = 2, **overrides) -> LlamaForCausalLM:
+    """A tiny random Llama over SmolLM2's real tokenizer, so token strings are real text."""
     torch.manual_seed(0)
     cfg = LlamaConfig(
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=3,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **overrides,
     )
     return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def llama3(tokenizer):
+    """Three layers, so that the outputs of layers 0 and 1 are plain hidden states (the last gets the norm)."""
+    return tiny_llama(tokenizer, layers=3)
 
 
 def _topk(hookpoint: str, d_in: int = 32, d_sae: int = 64, k: int = 8, seed: int = 1, **kw) -> TopKSAE:
