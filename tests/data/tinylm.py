@@ -7,9 +7,9 @@ real `transformers` model + fast tokenizer pair, saved as an ordinary local fold
 import random
 from pathlib import Path
 
-import torch
+from tiny_models import tiny_llama
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 WORDS = (
     "the a king queen sword castle river ship storm night day light dark speaks runs falls rises "
@@ -37,17 +37,7 @@ def make_tokenizer(corpus: Path) -> PreTrainedTokenizerFast:
 
 
 def make_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=vocab_size,
-        max_position_embeddings=128,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(vocab_size, seed=seed, pad_token_id=None)
 
 
 def build(root: Path) -> tuple[Path, Path]:

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny_llama
 
 import hubsae
 from hubsae.eval.lm import evaluate
@@ -15,16 +15,7 @@ BOS = 0
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(seed=0, pad_token_id=None)
 
 
 def _contexts(n=12, T=16):

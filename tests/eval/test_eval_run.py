@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from tiny_llama import tiny_llama
+from tiny_models import tiny_llama_for as tiny_llama
 from transformers import AutoTokenizer
 
 from hubsae.cli import main

@@ -6,7 +6,7 @@ import pytest
 import torch
 from huggingface_hub import HfApi, snapshot_download
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny_llama
 
 import hubsae
 from hubsae.adapt import load_adapted, save_adapted
@@ -15,17 +15,9 @@ from hubsae.cli import push as hub_cli
 REPO = "tester/adapted-sae"
 
 
-def _tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        vocab_size=64,
-    )
-    return LlamaForCausalLM(config).eval()
+def _tiny_llama():
+    dims = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
+    return tiny_llama(64, seed=0, pad_token_id=None, **dims)
 
 
 def test_push_sae_with_its_adapter_and_pull_both(hub, tmp_path):

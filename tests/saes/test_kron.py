@@ -165,19 +165,11 @@ def test_jumprelu_in_place_of_topk(tmp_path):
 )
 def test_issue6_architectures_record_and_splice_on_a_tiny_llama(config):
     """KronSAE, Matryoshka and Switch hook into a model like any SAE (their sparse paths included)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_models import tiny_llama
 
     from hubsae.hooks import record, splice
 
-    llama = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-    )
-    model = LlamaForCausalLM(llama).eval()
+    model = tiny_llama(pad_token_id=None)
     config.hookpoint = "model.layers.1"
     sae = hubsae.AutoSAE.from_config(config).eval()
     ids = torch.randint(0, 128, (2, 7))

@@ -1,7 +1,8 @@
 """Tiny random decoder-only models (Llama, GPT-2, Gemma 3, GPT-NeoX) and SAEs that read them.
 
-Shared by tests/hooks as `tiny_models` (a unique module name: `from conftest import` would pick
-whichever conftest was imported last when several test folders run together).
+The one place the test suite builds tiny models: every test folder imports it as `tiny_models`
+(tests/ is on sys.path through tests/conftest.py; a unique module name, since `from conftest
+import` would pick whichever conftest was imported last when several test folders run together).
 """
 
 import torch
@@ -22,20 +23,30 @@ WIDTH = 32
 VOCAB = 128
 
 
-def tiny_llama() -> LlamaForCausalLM:
-    config = LlamaConfig(
+def tiny_llama(vocab_size: int = VOCAB, seed: int | None = None, **overrides) -> LlamaForCausalLM:
+    """Three layers of width 32 by default; `overrides` are LlamaConfig fields."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    fields = dict(
         hidden_size=WIDTH,
         intermediate_size=64,
         num_hidden_layers=3,
         num_attention_heads=4,
         num_key_value_heads=2,
-        vocab_size=VOCAB,
+        vocab_size=vocab_size,
         max_position_embeddings=128,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
     )
-    return LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(LlamaConfig(**{**fields, **overrides})).eval()
+
+
+def tiny_llama_for(tokenizer, **overrides) -> LlamaForCausalLM:
+    """Two layers over a real tokenizer (so token strings in eval tests are real text), seed 0."""
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=None)
+    fields = {"num_hidden_layers": 2, "max_position_embeddings": 2048, **special, **overrides}
+    return tiny_llama(len(tokenizer), seed=0, **fields)
 
 
 def tiny_gpt2() -> GPT2LMHeadModel:
