@@ -4,7 +4,7 @@ Same model (SmolLM2-135M, the embedded copy), same hookpoint (residual after lay
 text (the first characters of corpus:shakespeare), same SAE (TopK, d_sae 4608, k 32), same
 batch (2048 tokens), float32 on the CPU, one run after the other. Each contender does its own
 tokenization, harvest and training; the clock covers its train call (model loading excluded).
-The peers run in their own venv (`--peers-python`, see env.md §5); missing ones are skipped.
+The peers run in their own venv (`--peers-python`); missing ones are skipped.
 
     .venv/bin/python benchmarks/train_e2e.py --tokens 40960
 """

@@ -25,7 +25,7 @@ CACHE = Path(os.environ.get("HUBSAE_REPRO_CACHE", Path.home() / ".cache" / "hubs
 
 
 def fvu(sae, data: Tensor, batch: int = 4096) -> float:
-    """Pooled FVU, E||x - x_hat||^2 / E||x - E[x]||^2 (SAELens `explained_variance`, eval.md)."""
+    """Pooled FVU, E||x - x_hat||^2 / E||x - E[x]||^2 (SAELens `explained_variance`)."""
     err = 0.0
     with torch.no_grad():
         for start in range(0, len(data), batch):
@@ -85,7 +85,7 @@ def _fortunes_text(max_chars: int) -> str:
     files = sorted(f for f in glob.glob("/usr/share/games/fortunes/*") if not re.search(r"\.(dat|u8)$", f))
     if not files:
         raise FileNotFoundError(
-            "no text: install the fortunes corpus first (apt-get install fortunes fortune-mod), see env.md §3"
+            "no text: install the fortunes corpus first (apt-get install fortunes fortune-mod)"
         )
     parts, total = [], 0
     for name in files:

@@ -3,7 +3,7 @@ FLOPs (Fig. 1 / Table 6 protocol), and the encoder FLOP and wall-clock ratio (eq
 
 Scaled down for a CPU: residual stream after model.layers.10 (d = 576) on the fortunes corpus,
 F = 4 d = 2304, k = 32, Adam lr 8e-4 (the paper's), batch 256, a few hundred steps. Iso-FLOP:
-KronSAE gets tokens_TopK * FLOPs_TopK / FLOPs_Kron tokens (eq. 7; papers.md §1.4). FVU is the
+KronSAE gets tokens_TopK * FLOPs_TopK / FLOPs_Kron tokens (arXiv 2505.22255, eq. 7). FVU is the
 pooled variant on a held-out 10% of the tokens; the paper reports EV = 1 - FVU (legacy variant in
 its code), on Qwen-2.5-1.5B with 125M-2B tokens, so only the ordering is comparable.
 

@@ -1,6 +1,6 @@
 """KronSAE §5.1 / App. B toy: do SAE decoders recover the correlation structure of the features?
 
-Ground truth (papers.md §1.6, our reading of App. B): F = 256 features in blocks with
+Ground truth (arXiv 2505.22255, our reading of App. B): F = 256 features in blocks with
 within-block correlation rho, S = L L^T; a sample is x_bar = L TopK_kdata(ReLU(g)), g ~ N(0, I_F)
 (so the feature covariance is proportional to S). A compressing autoencoder
 x_hat = ReLU(W^T W x_bar + b), W (64 x 256), learns an embedding; SAEs (F = 256, k = 8) are trained

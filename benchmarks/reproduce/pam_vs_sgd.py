@@ -1,6 +1,6 @@
 """PAM-SGD vs SGD (untied, same architecture): test MSE with 1%, 10%, 100% of the training data.
 
-SplInterp's claim (papers.md §3.5): PAM-SGD reaches a lower test MSE than SGD when data is
+SplInterp's claim (arXiv 2505.11836): PAM-SGD reaches a lower test MSE than SGD when data is
 scarce. Scaled down for a CPU: SmolLM2-135M residual stream after model.layers.10 (d = 576),
 fortunes corpus, z-scored per dimension as in the official LLM script (but every token, not
 the last token per text), 90/10 split; a TopK SAE with F = 1024, k = 64, no unit-norm decoder,

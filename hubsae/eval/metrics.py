@@ -1,4 +1,4 @@
-"""Reconstruction, sparsity and language-model metrics of an SAE, on tensors (papers.md §5, eval.md).
+"""Reconstruction, sparsity and language-model metrics of an SAE, on tensors (definitions as in SAEBench, arXiv 2503.09532, and SAELens).
 
 Everything here is pure: tensors in, numbers out. `ReconstructionMetrics` accumulates over
 batches in float64, so a metric over many batches equals the metric over their concatenation
@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-DENSE_THRESHOLD = 0.1  # a latent firing on more than 10% of tokens is "dense" (eval.md)
+DENSE_THRESHOLD = 0.1  # a latent firing on more than 10% of tokens is "dense" (the usual cut, e.g. SAEBench)
 
 
 class ReconstructionMetrics:

@@ -3,7 +3,7 @@
 Training keeps the k*B largest activations over the whole batch (mean L0 = k, per-token L0
 varies). Inference is a JumpReLU with one global threshold theta: f = a * 1[a > theta], where
 theta is an EMA (beta = `threshold_beta`) of the smallest activation kept in training batches
-(§3 of the paper). Until theta has been estimated (buffer < 0), inference falls back to per-token TopK.
+(arXiv 2412.06410). Until theta has been estimated (buffer < 0), inference falls back to per-token TopK.
 Training forwards take TopK's sparse path (`sparse_topk_reconstruct`) with the batch-wide selection.
 The threshold helpers below are shared with MatryoshkaSAE, which trains with BatchTopK too.
 """

@@ -1,5 +1,5 @@
 """Gated SAE (Rajamanoharan et al. 2024a): a gate decides which latents fire, a magnitude path
-how strongly, sharing encoder directions (papers.md §4.5).
+how strongly, sharing encoder directions (Rajamanoharan et al., arXiv 2404.16014).
 
 pi_gate = (x - b_dec) W_enc + b_enc          (W_enc is W_gate, b_enc is b_gate)
 f = H(pi_gate) * ReLU((x - b_dec) W_enc * exp(r_mag) + b_mag),  x_hat = f W_dec + b_dec

@@ -1,6 +1,6 @@
 """JumpReLU SAE (Rajamanoharan et al. 2024b, "Jumping Ahead").
 
-f = a * H(a - theta) with a per-latent learned threshold theta > 0 (papers.md §4.4).
+f = a * H(a - theta) with a per-latent learned threshold theta > 0 (arXiv 2407.14435).
 L = ||x - x_hat||^2 + l0_coefficient * sum_i H(a_i - theta_i), or dictionary_learning's
 (L0 / target_l0 - 1)^2 when `sparsity_loss="target_l0"`.
 The step has no gradient; straight-through pseudo-derivatives with a rectangle kernel of width

@@ -18,7 +18,7 @@ and keeps the dense path (logged once).
 `eps` is App. H's guard (1e-5): it bounds d z / d u = v / (2 sqrt(uv + eps)) as u -> 0+. Unlike the
 listing, inactive pairs are exactly 0 (the listing leaves sqrt(eps) there), so codes stay sparse.
 Parameters: W_enc (d_in, h*(m+n)) and b_enc (h*(m+n),), unlike the other architectures'
-(d_in, d_sae); W_dec (d_sae, d_in) and b_dec keep the shared vocabulary (papers.md §1.1).
+(d_in, d_sae); W_dec (d_sae, d_in) and b_dec keep the shared vocabulary of the other architectures.
 
 Init (§1.3): W_enc ~ N(0, 1) / sqrt(2F), zero biases, decoder row (k,i,j) = P^k_i + Q^k_j
 normalized to unit norm. Like App. H, b_dec is not subtracted before encoding and the decoder

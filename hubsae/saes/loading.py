@@ -2,7 +2,7 @@
 
 transformers, left alone, returns a default config for a missing `subfolder/config.json`,
 fills a field missing from config.json with its default, initializes missing weights at random,
-ignores unexpected ones (hub.md §1.2), casts integer weights to float and loads NaN weights.
+ignores unexpected ones (`PreTrainedModel.from_pretrained` only warns), casts integer weights to float and loads NaN weights.
 For an SAE each of those is a silent wrong answer, so hubsae turns them into errors here.
 Weights are read from safetensors only; hubsae never unpickles a file.
 """

@@ -1,7 +1,7 @@
 """ReLU SAE with the decoder-norm-weighted L1 penalty (Anthropic, "April 2024 update").
 
 f = ReLU(W_enc^T x + b_enc), x_hat = f W_dec + b_dec,
-L = ||x - x_hat||^2 + l1_coefficient * sum_i f_i ||W_dec[i]||  (papers.md §4.1).
+L = ||x - x_hat||^2 + l1_coefficient * sum_i f_i ||W_dec[i]||  (transformer-circuits.pub/2024/april-update).
 No unit-norm decoder constraint and no b_dec subtraction before encoding, as in the update.
 """
 

@@ -1,4 +1,4 @@
-"""Switch SAE (Mudide, Engels, Michaud, Tegmark, Schroeder de Witt; ICLR 2025), papers.md §4.7.
+"""Switch SAE (Mudide, Engels, Michaud, Tegmark, Schroeder de Witt; ICLR 2025; arXiv 2410.08201).
 
 N expert TopK SAEs of F/N latents each share b_dec; a router sends each token to one expert:
 
