@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contrast", default=None, help="metric = logit(target) - logit(contrast) instead of log p")
     parser.add_argument("--method", choices=("atp", "ig"), default="atp")
     parser.add_argument("--steps", type=positive_int, default=16, help="integrated-gradients steps per SAE")
+    parser.add_argument(
+        "--linear", action="store_true", help="freeze attention patterns and norms in the backward (circuit-tracer)"
+    )
     parser.add_argument("--edges", type=non_negative_int, default=20, help="AtP edges among this many top nodes")
     parser.add_argument("--validate", type=non_negative_int, default=10, help="top features to ablate for real")
     parser.add_argument("--top", type=positive_int, default=10, help="nodes printed")
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> None:
         edge_nodes=args.edges,
         validate=args.validate,
         ignore_first=1 if bos else 0,
+        linear=args.linear,
     )
     paths = write_attribution(result, args.out, graph_nodes=max(args.edges, args.top), browser=dict(args.browser))
     lines = [f"{result.metric_name} = {result.metric:.4f} ({args.method}); top nodes:"]

@@ -29,6 +29,7 @@ from ..hooks.features import decode_linear, encode, to_model_units
 from ..hooks.hookpoints import Hookpoint, activation_width, resolve_hookpoint
 from ..hooks.interventions import SAEs, attachments
 from ..saes.base import SAE
+from .attribution_linear import freeze_hooks
 from .attribution_metrics import Metric, checked_metric, logit_diff, token_id, token_logprob
 from .attribution_result import Attribution, Edge, SiteResult, ablation_check, node_id
 
@@ -60,6 +61,7 @@ class _Site:
     stats: object = None
     x: Tensor | None = None  # (B, T, d) the input in the graph (for edges)
     atp: tuple[Tensor, Tensor] | None = None  # (features (B, T, k), errors (B, T)) attributions
+    cut: bool = False  # linear mode, transcoder: the output reaches the model only through the nodes
 
 
 def _on_sae(x: Tensor, sae: SAE, hp: Hookpoint) -> Tensor:
@@ -99,7 +101,8 @@ def _write(site: _Site, y: Tensor, events: list) -> Tensor:
     site.zero = torch.zeros_like(y_sae, requires_grad=True)
     site.order = len(events)
     events.append(site)
-    return (y_sae + (linear - linear.detach()) + site.zero).to(device=y.device, dtype=y.dtype)
+    through = y_sae.detach() if site.cut else y_sae  # cut: the MLP's own path carries no gradient
+    return (through + (linear - linear.detach()) + site.zero).to(device=y.device, dtype=y.dtype)
 
 
 def _capture_hooks(site: _Site, events: list) -> list[tuple[Hookpoint, Callable]]:
@@ -121,19 +124,24 @@ def _model_inputs(inputs) -> dict:
     raise TypeError("inputs must be a tokenizer's output (with input_ids) or a tensor of token ids")
 
 
-def _forward(model: nn.Module, inputs: dict, metric: Metric, hooks: list) -> Tensor:
+def _forward(model: nn.Module, inputs: dict, metric: Metric, hooks: list, frozen: bool = False) -> Tensor:
     handles = []
     with hooks_removed(handles), torch.enable_grad():
+        if frozen:
+            handles += freeze_hooks(model)
         for hp, fn in hooks:
             handles.append(add_hook(hp, fn))
         logits = model(**inputs).logits
     return checked_metric(metric, logits)
 
 
-def _run_atp(model: nn.Module, inputs: dict, metric: Metric, sites: list[_Site], keep_graph: bool) -> float:
+def _run_atp(
+    model: nn.Module, inputs: dict, metric: Metric, sites: list[_Site], keep_graph: bool, linear: bool
+) -> float:
     """One forward, one backward: the AtP of every node of every site (stored on the sites)."""
     events: list[_Site] = []
-    value = _forward(model, inputs, metric, [hook for s in sites for hook in _capture_hooks(s, events)])
+    hooks = [hook for s in sites for hook in _capture_hooks(s, events)]
+    value = _forward(model, inputs, metric, hooks, frozen=linear)
     missing = [s.hookpoint.name for s in sites if s.values is None] + [s.writes.name for s in sites if s.zero is None]
     if missing:
         raise RuntimeError(f"hookpoints {missing} did not run in the forward, so nothing there can be attributed")
@@ -242,6 +250,7 @@ def attribute(
     edge_nodes: int = 20,
     validate: int = 0,
     ignore_first: int = 0,
+    linear: bool = False,
 ) -> Attribution:
     """Attribution of `metric(logits)` to every active feature and error term of every SAE in `saes`.
 
@@ -251,17 +260,22 @@ def attribute(
     features one at a time and store predicted vs actual metric changes (`result.validation`).
     `ignore_first`: leave the first n real tokens of each row out of the nodes (a BOS attention
     sink, whose huge activations dominate every ranking); the model still runs on them.
+    `linear=True` (AtP only): the backward sees attention patterns and norm scales frozen and each
+    transcoder's output only through its nodes, the local replacement model of circuit-tracer
+    (Ameisen et al. 2025): with transcoders at every MLP, every edge and attribution is exact.
     Hooks are removed on every exit path.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
     if method == "ig" and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if linear and method != "atp":
+        raise ValueError("linear=True makes the graph linear, where AtP is exact: use method='atp'")
     if not isinstance(ignore_first, int) or ignore_first < 0:
         raise ValueError(f"ignore_first must be a non-negative integer, got {ignore_first!r}")
-    sites = _sites(model, saes)
+    sites = _sites(model, saes, linear)
     batch = _model_inputs(inputs)
-    value = _run_atp(model, batch, metric, sites, keep_graph=edge_nodes > 0)
+    value = _run_atp(model, batch, metric, sites, keep_graph=edge_nodes > 0, linear=linear)
     sites.sort(key=lambda s: s.order)
     mask = _mask(batch, ignore_first)
     ig = {s.hookpoint.name: _run_ig(model, batch, metric, s, steps, mask) for s in sites} if method == "ig" else {}
@@ -284,7 +298,7 @@ def attribute(
     return result
 
 
-def _sites(model: nn.Module, saes: SAEs) -> list[_Site]:
+def _sites(model: nn.Module, saes: SAEs, linear: bool) -> list[_Site]:
     """One site per SAE, every hookpoint resolved and width-checked before any forward."""
     sites = []
     for hp, sae in attachments(model, saes):
@@ -297,7 +311,7 @@ def _sites(model: nn.Module, saes: SAEs) -> list[_Site]:
                     f"{type(sae).__name__} writes d_in={sae.config.d_in} values at {writes.name!r}, "
                     f"whose activation has width {width}"
                 )
-        sites.append(_Site(hp, writes, sae))
+        sites.append(_Site(hp, writes, sae, cut=linear and writes is not hp))
     names = [s.hookpoint.name for s in sites]
     if len(set(names)) != len(names):
         raise ValueError(f"two SAEs read at one hookpoint ({names}): attribute them in two calls")

@@ -398,3 +398,96 @@ def test_clicking_a_token_shows_its_top_nodes(llama3, tokenizer, tmp_path):
         assert noise == []
     finally:
         browser.close()
+
+
+# ---- linear mode: circuit-tracer's local replacement model -------------------------------------
+
+
+def _replacement_forward(model, ids, patterns, tcs, clean=None):
+    """The local replacement model written out by hand: the clean attention patterns, norm scales
+    from `clean` (or computed), every MLP replaced by its transcoder's features + error from `clean`
+    (or computed from this pass). Returns (logits, state) where state holds scales, features, errors."""
+    m, state = model.model, {"scale": {}, "feats": [], "errs": [], "reads": []}
+
+    def norm(key, mod, x):
+        s = clean["scale"][key] if clean else torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + mod.variance_epsilon)
+        state["scale"][key] = s
+        return mod.weight * (x * s)
+
+    h = m.embed_tokens(ids)
+    for i, layer in enumerate(m.layers):
+        attn, n1 = layer.self_attn, norm(f"{i}.in", layer.input_layernorm, h)
+        v = attn.v_proj(n1).view(*n1.shape[:2], -1, attn.head_dim).transpose(1, 2)
+        v = v.repeat_interleave(attn.num_key_value_groups, dim=1)
+        h = h + attn.o_proj((patterns[i] @ v).transpose(1, 2).reshape(*n1.shape[:2], -1))
+        n2, tc = norm(f"{i}.post", layer.post_attention_layernorm, h), tcs[i]
+        feats = clean["feats"][i] if clean else tc.encode(n2)
+        errs = clean["errs"][i] if clean else layer.mlp(n2) - (tc.b_dec + feats @ tc.W_dec)
+        state["feats"].append(feats)
+        state["errs"].append(errs)
+        state["reads"].append(n2)
+        h = h + tc.b_dec + feats @ tc.W_dec + errs
+    return model.lm_head(norm("final", m.norm, h)), state
+
+
+@torch.no_grad()
+def _edit(state, layer, what, position, feature=None):
+    """A copy of `state` with one feature (or, with feature=None, the error term) at one token set to 0."""
+    edited = {k: (dict(v) if isinstance(v, dict) else [t.clone() for t in v]) for k, v in state.items()}
+    target = edited["feats" if feature is not None else "errs"][layer]
+    target[0, position, feature if feature is not None else slice(None)] = 0.0
+    return edited
+
+
+def test_linear_mode_is_exact_in_the_local_replacement_model(tokenizer):
+    model = tiny_llama(tokenizer, attn_implementation="eager")  # eager: the attention patterns can be read
+    tcs = [
+        _topk(f"model.layers.{i}.post_attention_layernorm", seed=7 + i, hookpoint_out=f"model.layers.{i}.mlp")
+        for i in range(2)
+    ]
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    metric = logit_diff(" Paris", " London", tokenizer)
+    result = attribute(model, tcs, inputs, metric, linear=True, edge_nodes=16)
+    with torch.no_grad():
+        clean_out = model(**inputs, output_attentions=True)
+        logits, state = _replacement_forward(model, inputs.input_ids, clean_out.attentions, tcs)
+    torch.testing.assert_close(logits, clean_out.logits, rtol=1e-4, atol=1e-5)  # the hand-written model is right
+    clean = float(metric(logits))
+    checked = 0
+    for node in result.top(12):
+        layer = int(node.hookpoint.split(".")[2])
+        edited = _edit(state, layer, "feats", node.position, node.feature)
+        with torch.no_grad():
+            removed = float(metric(_replacement_forward(model, inputs.input_ids, clean_out.attentions, tcs, edited)[0]))
+        assert node.attribution == pytest.approx(clean - removed, rel=1e-3, abs=1e-6), node
+        checked += node.feature is None
+    assert 0 < checked < 12  # error nodes and features both checked
+    nodes = {f"{n.hookpoint}/{n.batch}/{n.position}/{n.feature}": n for n in result.nodes(errors=False)}
+    feature_edges = [e for e in result.edges if e.source in nodes and e.target in nodes]
+    assert feature_edges
+    for edge in feature_edges[:4]:  # an edge is exact on the downstream pre-activation (linear in the source)
+        src, dst = nodes[edge.source], nodes[edge.target]
+        edited = _edit(state, 0, "feats", src.position, src.feature)
+        with torch.no_grad():
+            reads = _replacement_forward(model, inputs.input_ids, clean_out.attentions, tcs, edited)[1]["reads"][1]
+        tc = tcs[1]
+
+        @torch.no_grad()
+        def pre(n2, tc=tc, dst=dst):
+            return float((n2[0, dst.position] - tc.b_dec) @ tc.W_enc[:, dst.feature] + tc.b_enc[dst.feature])
+
+        assert edge.weight == pytest.approx(pre(state["reads"][1]) - pre(reads), rel=1e-3, abs=1e-7)
+
+
+def test_linear_mode_refuses_fused_attention_and_ig(tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=200, n_positions=16)).eval()
+    ids = torch.randint(0, 200, (1, 6))
+    before = _hook_count(gpt2)
+    with pytest.raises(ValueError, match="separate q_proj/k_proj modules"):
+        attribute(gpt2, _topk("transformer.h.0"), ids, token_logprob(5), linear=True)
+    assert _hook_count(gpt2) == before
+    with pytest.raises(ValueError, match="use method='atp'"):
+        attribute(gpt2, _topk("transformer.h.0"), ids, token_logprob(5), linear=True, method="ig")
