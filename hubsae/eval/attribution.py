@@ -288,6 +288,7 @@ def attribute(
         sites=[_site_result(s, ig.get(s.hookpoint.name)) for s in sites],
         tokenizer=tokenizer,
         metric_name=getattr(metric, "__name__", type(metric).__name__),
+        linear=linear,
     )
     if edge_nodes > 0:
         with torch.enable_grad():

@@ -185,7 +185,7 @@ function drawValidation() {
   if (DATA.validation_png) $("valimg").append(el("img", {src: DATA.validation_png, alt: "predicted vs actual scatter"}));
 }
 $("title").textContent = DATA.title;
-$("summary").textContent = DATA.metric + " = " + fmt(DATA.value) + " | method " + DATA.method + (DATA.method === "ig" ? " (" + DATA.steps + " steps)" : "") + " | " + DATA.nodes.length + " nodes, " + DATA.edges.length + " edges";
+$("summary").textContent = DATA.metric + " = " + fmt(DATA.value) + " | method " + DATA.method + (DATA.method === "ig" ? " (" + DATA.steps + " steps)" : "") + (DATA.linear ? ", attention and norms frozen" : "") + " | " + DATA.nodes.length + " nodes, " + DATA.edges.length + " edges";
 DATA.tokens.forEach((row, b) => { const line = el("div");
   row.forEach((t, p) => { const s = el("span", {class: "tok", "data-key": b + ":" + p}, t.replace(/\n/g, "\u21b5"));
     s.addEventListener("click", () => selectToken(b, p)); line.append(s); });

@@ -98,6 +98,7 @@ class Attribution:
     sites: list[SiteResult]
     tokenizer: object = None
     metric_name: str = "metric"
+    linear: bool = False  # the backward froze attention patterns and norm scales (`attribute(linear=True)`)
     edges: list[Edge] = field(default_factory=list)
     validation: Validation | None = None
 
@@ -156,6 +157,7 @@ class Attribution:
             "value": _r(self.metric),
             "method": self.method,
             "steps": self.steps,
+            "linear": self.linear,
             "tokens": self.tokens,
             "hookpoints": [
                 {"name": s.hookpoint, "writes": s.writes, "layer": s.layer, "order": s.order} for s in self.sites

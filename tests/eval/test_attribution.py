@@ -178,7 +178,7 @@ def test_result_is_sorted_sparse_and_serializable(tokenizer, tmp_path):
     assert set(per_token) == {(0, t) for t in range(inputs.input_ids.shape[1])}
     data = json.loads(json.dumps(result.to_json()))
     assert {"hookpoint", "layer", "position", "feature", "activation", "attribution", "token"} <= set(data["nodes"][0])
-    assert data["nodes"][0]["layer"] == 1 and len(data["validation"]["actual"]) == 4
+    assert data["nodes"][0]["layer"] == 1 and len(data["validation"]["actual"]) == 4 and data["linear"] is False
     paths = write_attribution(result, tmp_path, browser={"model.layers.1": "../browser/index.html"})
     assert json.loads(paths["json"].read_text())["graph"][0] == data["nodes"][0]["id"]
     html = paths["html"].read_text()
@@ -448,6 +448,7 @@ def test_linear_mode_is_exact_in_the_local_replacement_model(tokenizer):
     inputs = tokenizer(PROMPT, return_tensors="pt")
     metric = logit_diff(" Paris", " London", tokenizer)
     result = attribute(model, tcs, inputs, metric, linear=True, edge_nodes=16)
+    assert result.linear and result.to_json()["linear"] is True
     with torch.no_grad():
         clean_out = model(**inputs, output_attentions=True)
         logits, state = _replacement_forward(model, inputs.input_ids, clean_out.attentions, tcs)
