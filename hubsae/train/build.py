@@ -12,7 +12,7 @@ from ..data.cache import CACHE_INDEX_NAME, cache_blocks, write_cache
 from ..data.stream import ActivationStream, Block, BlockSource, harvest_blocks
 from ..data.text import TextSource, contexts
 from ..llm import hub_model_id
-from ..saes.base import REGISTRY, SAE, SAEConfig
+from ..saes.base import REGISTRY, SAE
 from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -92,15 +92,6 @@ def batch_statistics(batches: list[Block], reduce) -> dict[str, tuple[float, Ten
     return stats
 
 
-def _sae_field_names(config_cls) -> set[str]:
-    """Fields declared by SAEConfig and its subclasses (not the generic PreTrainedConfig ones)."""
-    names: set[str] = set()
-    for klass in config_cls.__mro__:
-        if issubclass(klass, SAEConfig):
-            names |= set(getattr(klass, "__annotations__", {}))
-    return names
-
-
 def init_sae(config: TrainConfig, hookpoint: str, d_in: int, scale: float, mean: Tensor, index: int) -> SAE:
     """A fresh SAE for one hookpoint, seeded by its position in the recipe (not by the process layout)."""
     if config.architecture not in REGISTRY:
@@ -121,13 +112,7 @@ def init_sae(config: TrainConfig, hookpoint: str, d_in: int, scale: float, mean:
             if config.sae.get(key, False):
                 raise ValueError(f"sae: {key}=True cannot be combined with method='pam_sgd'")
             fields[key] = False
-    overlap = sorted(set(fields) & set(config.sae) - set(PAM_OFF))
-    if overlap:
-        raise ValueError(f"sae: {overlap} are set by the trainer; use the top-level recipe keys instead")
-    own = _sae_field_names(config_cls) - {"model_type"}
-    unknown = sorted(set(config.sae) - own)
-    if unknown:
-        raise ValueError(f"sae: unknown keys {unknown} for {config_cls.__name__}; it has {sorted(own - set(fields))}")
+    # config.sae was checked against the architecture's fields when the TrainConfig was built
     sae_config = config_cls(**{**fields, **config.sae})
     torch.manual_seed(config.seed * 1000 + index)
     sae = model_cls(sae_config)

@@ -5,6 +5,7 @@ naming the key; `--override key=value` (value parsed as YAML, `sae.k=64` for a k
 dict field) applies on top of the recipe.
 """
 
+import collections.abc
 import dataclasses
 import difflib
 import math
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .sections import TRAINER_SET, pam_fields, sae_fields
 
 LR_DECAYS = ("none", "linear", "cosine")
 DISTRIBUTE = ("auto", "data", "hookpoints")
@@ -215,6 +218,8 @@ class TrainConfig(Recipe):
         need(len(self.adam_betas) == 2, f"adam_betas needs two values, got {self.adam_betas}")
         need(all(0 <= b < 1 for b in self.adam_betas), f"adam_betas must each be in [0, 1), got {self.adam_betas}")
         need(not self.pam or self.method == "pam_sgd", "pam coefficients are set but method is not 'pam_sgd'")
+        check_section("sae", self.sae, sae_fields(self.architecture), TRAINER_SET)
+        check_section("pam", self.pam, pam_fields(), {})
         need(
             self.method != "pam_sgd" or self.grad_accum_steps == 1,
             "method='pam_sgd' solves the decoder per batch: grad_accum_steps must be 1",
@@ -267,9 +272,9 @@ def _matches(value: Any, annotation: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if origin is list:
+    if origin in (list, collections.abc.Sequence):
         (item,) = typing.get_args(annotation)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
+        return isinstance(value, (list, tuple)) and all(_matches(v, item) for v in value)
     if origin is dict:
         return isinstance(value, dict) and all(isinstance(k, str) for k in value)
     return isinstance(value, annotation)
@@ -280,8 +285,28 @@ def check_types(config: Recipe) -> None:
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if not _matches(value, hints[f.name]):
-            want = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
-            raise TypeError(f"{type(config).__name__}.{f.name} must be {want}, got {value!r} ({type(value).__name__})")
+        check_value(f"{type(config).__name__}.{f.name}", value, hints[f.name])
         if hints[f.name] is float and isinstance(value, int):
             setattr(config, f.name, float(value))  # YAML `lr: 1` is a fine float
+
+
+def check_value(where: str, value: Any, annotation: Any) -> None:
+    """A TypeError naming `where` unless value matches the annotation (an int is a fine float)."""
+    if not _matches(value, annotation):
+        want = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        raise TypeError(f"{where} must be {want}, got {value!r} ({type(value).__name__})")
+
+
+def check_section(where: str, values: dict[str, Any], fields: dict[str, Any], reserved: dict[str, str]) -> None:
+    """A nested recipe section (`sae:`, `pam:`): every key a known field, of its field's type.
+
+    `reserved` maps keys the trainer sets itself to the recipe key to use instead.
+    """
+    for key, value in values.items():
+        if key in reserved:
+            raise ValueError(f"{where}.{key} is set by the trainer; {reserved[key]}")
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=3)
+            hint = f" (did you mean {', '.join(near)}?)" if near else ""
+            raise ValueError(f"{where}: unknown key {key!r}{hint}; it takes {sorted(set(fields) - set(reserved))}")
+        check_value(f"{where}.{key}", value, fields[key])

@@ -77,3 +77,22 @@ def test_sparsity_warmup():
     cfg = TrainConfig(dataset="x", sparsity_warmup_steps=4)
     assert [sparsity_factor(s, cfg) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert sparsity_factor(0, TrainConfig(dataset="x")) == 1.0
+
+
+def test_sae_and_pam_sections_are_checked_when_the_config_is_built():
+    """Keys and types of the nested sections, against the architecture's config and PAM-SGD's arguments."""
+    with pytest.raises(ValueError, match=r"sae: unknown key 'kk' \(did you mean k\?\)"):
+        TrainConfig(dataset="x", sae={"kk": 3})
+    with pytest.raises(TypeError, match=r"sae.k must be int, got 'a'"):
+        TrainConfig(dataset="x", sae={"k": "a"})
+    with pytest.raises(ValueError, match=r"sae.d_sae is set by the trainer; use the top-level d_sae"):
+        TrainConfig(dataset="x", sae={"d_sae": 64})
+    with pytest.raises(ValueError, match=r"sae: unknown key 'k'"):  # ReLU SAEs have no k
+        TrainConfig(dataset="x", architecture="hubsae_relu", sae={"k": 4})
+    with pytest.raises(TypeError, match=r"pam.ridge_grid must be"):
+        TrainConfig(dataset="x", method="pam_sgd", pam={"ridge_grid": ["a"]})
+    with pytest.raises(ValueError, match="unknown architecture 'hubsae_nope'"):
+        TrainConfig(dataset="x", architecture="hubsae_nope")
+    ok = TrainConfig(dataset="x", architecture="hubsae_kron", sae={"num_heads": 4, "group_sizes": [8, 8]})
+    assert ok.sae == {"num_heads": 4, "group_sizes": [8, 8]}
+    assert TrainConfig(dataset="x", method="pam_sgd", pam={"mu_enc": 1, "ridge_grid": [0.0, 1e-3]}).pam["mu_enc"] == 1
