@@ -10,6 +10,7 @@ Parameter vocabulary (the same in every architecture, so readers of other format
 `W_enc (d_in, d_sae)`, `b_enc (d_sae,)`, `W_dec (d_sae, d_in)`, `b_dec (d_in,)`.
 """
 
+import importlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +191,13 @@ class SAE(PreTrainedModel):
         (safetensors creates them 0600; here they get the umask's mode, 0644 under umask 022)."""
         super().save_pretrained(save_directory, *args, **kwargs)
         set_default_mode(*Path(save_directory).glob("model*.safetensors*"))
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Push this SAE as `hubsae.push_to_hub` does: one commit with its model card and the repo's
+        `hubsae_index.json` (into the subfolder named after its hookpoint). Keyword arguments are
+        `hubsae.push_to_hub`'s (metrics, revision, create_pr, private, token, ...)."""
+        # the Hub layer sits above the architectures, so it is looked up at call time, not imported
+        return importlib.import_module("hubsae.hub").push_to_hub(self, repo_id, **kwargs)
 
     @classmethod
     def _check_files(cls, path_or_repo, subfolder: str | None, kwargs: dict, where: str) -> None:
