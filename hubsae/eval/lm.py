@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..hooks import resolve_hookpoint
 from ..hooks.attach import add_hook, hooks_removed
+from ..hooks.capture import capture
 from ..saes.base import SAE
 from .examples import ActivationHistogram, TopActivations
 from .metrics import (
@@ -82,23 +83,7 @@ def _with_replacement(model: nn.Module, hookpoint: str, fn: Callable[[Tensor], T
 @torch.no_grad()
 def _capture(model: nn.Module, hookpoints: Sequence[str], ids: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     """Clean logits and the activation at each hookpoint."""
-    acts: dict[str, Tensor] = {}
-    handles = []
-
-    def grab(name: str) -> Callable[[Tensor], None]:
-        def fn(x: Tensor) -> None:
-            acts[name] = x.detach()
-
-        return fn
-
-    with hooks_removed(handles):
-        for name in hookpoints:
-            handles.append(add_hook(resolve_hookpoint(model, name), grab(name)))
-        logits = _logits(model, ids)
-    missing = [h for h in hookpoints if h not in acts]
-    if missing:
-        raise RuntimeError(f"hookpoints {missing} were not reached by the forward pass of {type(model).__name__}")
-    return logits, acts
+    return capture(model, hookpoints, lambda: _logits(model, ids))
 
 
 def _hookpoint(sae: SAE) -> str:
