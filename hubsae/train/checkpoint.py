@@ -15,6 +15,7 @@ import os
 import pickle
 import random
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,34 @@ def config_differences(saved: dict, current: dict, ignore: set[str]) -> list[str
     """Keys whose values differ between the checkpoint's recipe and the current one."""
     keys = (set(saved) | set(current)) - ignore
     return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
+def check_output_dir(output_dir: str, hookpoints: list[str], resuming: bool, overwrite: bool) -> None:
+    """Refuse a file, an unwritable folder, or a previous run's folder before any work is done."""
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output_dir {str(out)!r} is a file, not a folder")
+    previous = previous_run(out, hookpoints)
+    if previous and not resuming and not overwrite:
+        raise FileExistsError(
+            f"output_dir {str(out)!r} already holds a run ({', '.join(previous)}); resume it (--resume), "
+            "choose another output_dir, or pass --overwrite to replace it"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"output_dir {str(out)!r} is not writable ({err}); nothing was trained") from err
+
+
+def previous_run(out: Path, hookpoints: list[str]) -> list[str]:
+    """What in `out` belongs to an earlier run: final SAE folders, checkpoints, history."""
+    if not out.is_dir():
+        return []
+    found = [f"{h}/" for h in hookpoints if (out / h / "config.json").is_file()]
+    if any(checkpoint_root(out).glob("step-*")):
+        found.append(f"{CHECKPOINT_DIR}/")
+    if (out / "history.json").is_file():
+        found.append("history.json")
+    return found

@@ -173,7 +173,7 @@ class Trainer:
         cfg, acc = self.config, self.accelerator
         resume_from = self._resume_path(resume)
         if acc.is_main_process:
-            self._check_output_dir(resuming=resume_from is not None, overwrite=overwrite)
+            ckpt.check_output_dir(self.config.output_dir, self.config.hookpoints, resume_from is not None, overwrite)
         acc.wait_for_everyone()
         bundle, optimizer, scheduler, batches = self._setup(resume_from)
         log = make_logger(acc, self.trackers, cfg, local=not self.data_parallel and self.world > 1)
@@ -287,35 +287,6 @@ class Trainer:
             )
 
     # ---- saving -------------------------------------------------------------------------------
-
-    def _check_output_dir(self, resuming: bool, overwrite: bool) -> None:
-        """Refuse a file, an unwritable folder, or a previous run's folder before any work is done."""
-        out = Path(self.config.output_dir)
-        if out.exists() and not out.is_dir():
-            raise NotADirectoryError(f"output_dir {str(out)!r} is a file, not a folder")
-        previous = self._previous_run(out)
-        if previous and not resuming and not overwrite:
-            raise FileExistsError(
-                f"output_dir {str(out)!r} already holds a run ({', '.join(previous)}); resume it (--resume), "
-                "choose another output_dir, or pass --overwrite to replace it"
-            )
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-                pass
-        except OSError as err:
-            raise PermissionError(f"output_dir {str(out)!r} is not writable ({err}); nothing was trained") from err
-
-    def _previous_run(self, out: Path) -> list[str]:
-        """What in `out` belongs to an earlier run: final SAE folders, checkpoints, history."""
-        if not out.is_dir():
-            return []
-        found = [f"{h}/" for h in self.config.hookpoints if (out / h / "config.json").is_file()]
-        if any(ckpt.checkpoint_root(out).glob("step-*")):
-            found.append(f"{ckpt.CHECKPOINT_DIR}/")
-        if (out / "history.json").is_file():
-            found.append("history.json")
-        return found
 
     def _resume_path(self, resume) -> Path | None:
         if not resume:
