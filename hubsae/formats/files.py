@@ -11,17 +11,11 @@ from pathlib import Path
 
 import huggingface_hub.constants as hf_constants
 from huggingface_hub import HfApi, RepoFolder, hf_hub_download
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    GatedRepoError,
-    HfHubHTTPError,
-    HFValidationError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import validate_repo_id
+
+from ..files import hub_errors
 
 # Folders whose files matter for detection (Llama Scope keeps its weights in checkpoints/).
 NESTED = ("checkpoints",)
@@ -53,14 +47,13 @@ class SAEFolder:
             raise FileNotFoundError(f"{self.where} has no file {name}; it holds {sorted(self.names)}")
         if self.local_root is not None:
             return self.local_root / name
-        try:
+        what = f"file {name}" + (f" in subfolder {self.subfolder!r}" if self.subfolder else "")
+        with hub_errors(self.source, what, self.revision):
             return Path(
                 hf_hub_download(
                     self.source, name, subfolder=self.subfolder or None, revision=self.revision, **self.hub_kwargs
                 )
             )
-        except HfHubHTTPError as e:
-            raise OSError(f"could not download {name} of {self.where}: {e}") from e
 
     def fetch_parent(self, name: str) -> Path | None:
         """A file of the folder above, when there is one (sparsify keeps its training config there)."""
@@ -125,18 +118,11 @@ def _list_hub(repo_id: str, subfolder: str | None, revision: str | None, token) 
     api = HfApi(token=token)
     where = f"{repo_id}" + (f" (subfolder {subfolder!r})" if subfolder else "")
     prefix = f"{subfolder.strip('/')}/" if subfolder else ""
-    try:
+    what = f"subfolder {subfolder!r}" if subfolder else "files"
+    with hub_errors(repo_id, what, revision):
         entries = list(api.list_repo_tree(repo_id, path_in_repo=subfolder or None, revision=revision))
         for entry in [e for e in entries if isinstance(e, RepoFolder) and e.path[len(prefix) :] in NESTED]:
             entries += list(api.list_repo_tree(repo_id, path_in_repo=entry.path, revision=revision))
-    except GatedRepoError as e:
-        raise FileNotFoundError(f"{repo_id} is gated: accept its terms on the Hub, then log in (or pass token=)") from e
-    except RepositoryNotFoundError as e:
-        raise FileNotFoundError(f"{repo_id} is neither a local folder nor a Hub repo one can access") from e
-    except RevisionNotFoundError as e:
-        raise FileNotFoundError(f"{repo_id} has no revision {revision!r} (branch, tag or commit)") from e
-    except EntryNotFoundError as e:
-        raise FileNotFoundError(f"{repo_id} has no subfolder {subfolder!r} at revision {revision or 'main'!r}") from e
     names = frozenset(e.path[len(prefix) :] for e in entries if not isinstance(e, RepoFolder))
     if not names:
         raise FileNotFoundError(f"{where} holds no files at revision {revision or 'main'!r}")

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 from safetensors import SafetensorError, safe_open
 from transformers import PreTrainedConfig
+
+from ..files import hub_errors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -45,19 +46,10 @@ def resolve_file(
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: {_describe(path_or_repo, subfolder)} holds no {filename}")
         return path
-    try:
+    with hub_errors(
+        str(path_or_repo), f"file {filename}" + (f" in subfolder {subfolder!r}" if subfolder else ""), revision
+    ):
         return Path(hf_hub_download(str(path_or_repo), filename, subfolder=subfolder, revision=revision, **hub_kwargs))
-    except RepositoryNotFoundError as e:
-        raise FileNotFoundError(f"{path_or_repo} is neither a local folder nor a Hub repo one can access") from e
-    except LocalEntryNotFoundError as e:
-        raise FileNotFoundError(
-            f"{filename} of {_describe(path_or_repo, subfolder)} is not in the local cache and the Hub cannot be "
-            "reached (HF_HUB_OFFLINE is set or there is no network)"
-        ) from e
-    except EntryNotFoundError as e:
-        raise FileNotFoundError(f"{_describe(path_or_repo, subfolder)} has no file {filename}") from e
-    except HfHubHTTPError as e:
-        raise OSError(f"could not fetch {filename} of {_describe(path_or_repo, subfolder)}: {e}") from e
 
 
 def read_config_dict(path_or_repo, subfolder=None, revision=None, **hub_kwargs) -> tuple[dict, Path]:
