@@ -4,6 +4,9 @@ Training keeps the k*B largest activations over the whole batch (mean L0 = k, pe
 varies). Inference is a JumpReLU with one global threshold theta: f = a * 1[a > theta], where
 theta is an EMA (beta = `threshold_beta`) of the smallest activation kept in training batches
 (arXiv 2412.06410). Until theta has been estimated (buffer < 0), inference falls back to per-token TopK.
+An EMA started at step 1 remembers the first, untrained batches for ~1/(1-beta) steps, so after a
+short run inference L0 is far below k: the Trainer therefore makes theta the plain mean over a late
+window of training (`threshold_window_index`: the n-th batch of that window moves theta by 1/(n+1)).
 Training forwards take TopK's sparse path (`sparse_topk_reconstruct`) with the batch-wide selection.
 The threshold helpers below are shared with MatryoshkaSAE, which trains with BatchTopK too.
 """
@@ -34,8 +37,17 @@ class BatchTopKSAEConfig(TopKSAEConfig):
 
 
 def add_threshold(sae: SAE) -> None:
-    """The inference threshold buffer (shape only; `init_threshold` sets it)."""
+    """The inference threshold buffer (shape only; `init_threshold` sets it), and the index of the
+    current batch in the trainer's late estimation window (None: outside it, the EMA applies)."""
     sae.register_buffer("threshold", torch.empty(()))
+    sae.threshold_window_index = None
+
+
+def threshold_weight(sae: SAE) -> float:
+    """How far one training batch moves the threshold: 1 - beta, or 1/(n+1) for the n-th batch of
+    the late window (the threshold then ends as the mean over that window)."""
+    n = sae.threshold_window_index
+    return 1 - sae.config.threshold_beta if n is None else 1 / (n + 1)
 
 
 @torch.no_grad()
@@ -48,7 +60,7 @@ def batch_topk_features(sae: SAE, pre_acts: Tensor) -> Tensor:
     """BatchTopK in training (updating the threshold); the threshold, or TopK before it exists, at inference."""
     if sae.training:
         features, kept = batch_topk(pre_acts, sae.config.k)
-        update_threshold(sae.threshold, kept, sae.config.threshold_beta)
+        update_threshold(sae.threshold, kept, threshold_weight(sae))
         return features
     if sae.threshold < 0:
         return topk_code(pre_acts, sae.config.k).to_dense(sae.config.d_sae)
@@ -93,7 +105,7 @@ class BatchTopKSAE(SAE):
         if wants_losses and self.training_path() == "sparse":
             announce_path(type(self).__name__, True)
             x_hat, features, losses, kept = sparse_topk_reconstruct(self, x, True, loss_kwargs.get("dead_mask"))
-            update_threshold(self.threshold, kept, self.config.threshold_beta)
+            update_threshold(self.threshold, kept, threshold_weight(self))
             return x_hat, features, losses
         return super().reconstruct(x, wants_losses, **loss_kwargs)
 

@@ -79,9 +79,9 @@ def batch_topk(pre_acts: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def update_threshold(threshold: Tensor, kept: Tensor, beta: float) -> None:
-    """EMA (decay beta) of the smallest activation a BatchTopK batch kept, in place; a negative
-    threshold means "not estimated yet" and takes the first batch's value."""
+def update_threshold(threshold: Tensor, kept: Tensor, weight: float) -> None:
+    """Move the threshold a fraction `weight` toward the smallest activation a BatchTopK batch kept,
+    in place; a negative threshold means "not estimated yet" and takes the first batch's value."""
     positive = kept[kept > 0]
     if positive.numel() == 0:
         return
@@ -89,7 +89,7 @@ def update_threshold(threshold: Tensor, kept: Tensor, beta: float) -> None:
     if threshold < 0:
         threshold.copy_(batch_min)
     else:
-        threshold.lerp_(batch_min, 1 - beta)
+        threshold.lerp_(batch_min, weight)
 
 
 def threshold_code(pre_acts: Tensor, threshold: Tensor) -> Tensor:

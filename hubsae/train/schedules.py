@@ -26,3 +26,11 @@ def sparsity_factor(step: int, config: TrainConfig) -> float:
     if config.sparsity_warmup_steps <= 0:
         return 1.0
     return min(1.0, (step + 1) / config.sparsity_warmup_steps)
+
+
+def threshold_window_index(step: int, micro: int, config: TrainConfig) -> int | None:
+    """Index of this micro-batch in the late window over which BatchTopK-style inference thresholds
+    are averaged (the last 10% of the steps, at most 1,000), or None before it."""
+    window = max(1, min(config.steps // 10, 1000))
+    start = config.steps - window
+    return (step - start) * config.grad_accum_steps + micro if step >= start else None

@@ -35,7 +35,7 @@ from .build import SAEBundle, ensure_cache, estimate_and_build, load_model, make
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .methods import OrthoTerm, make_pam
 from .metrics import DeadLatentTracker, batch_metrics, make_logger, resolve_trackers
-from .schedules import lr_factor, sparsity_factor
+from .schedules import lr_factor, sparsity_factor, threshold_window_index
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +199,7 @@ class Trainer:
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save_checkpoint(optimizer, scheduler)
         bar.close()
+        self._set_threshold_window(None)  # further training of the returned SAEs uses the EMA again
         for window in self.pams.values():
             window.solve()  # the decoder of the final encoder, from the batches since the last solve
         self._save_final(optimizer, scheduler)
@@ -227,6 +228,7 @@ class Trainer:
         for micro in range(cfg.grad_accum_steps):
             self.position, batch = next(batches)
             batch = {k: v.to(acc.device) for k, v in batch.items()}
+            self._set_threshold_window(threshold_window_index(self.step, micro, cfg))
             last = micro == cfg.grad_accum_steps - 1
             sync = nullcontext() if last or not self.data_parallel else acc.no_sync(bundle)
             with sync:
@@ -256,6 +258,12 @@ class Trainer:
             metrics["lr_factor"] = lr_factor(self.step, cfg)
             metrics["sparsity_factor"] = sparsity
         return metrics
+
+    def _set_threshold_window(self, index: int | None) -> None:
+        """SAEs with a threshold estimated in training (BatchTopK) average it over the late window."""
+        for sae in self.saes.values():
+            if hasattr(sae, "threshold_window_index"):
+                sae.threshold_window_index = index
 
     def _total_loss(self, outs: dict, sparsity: float) -> Tensor:
         total = 0.0
