@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from itertools import chain, islice
 from pathlib import Path
@@ -164,11 +165,18 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
 
-    def train(self, resume: bool | str | os.PathLike = False, overwrite: bool = False) -> dict[str, SAE]:
+    def train(
+        self,
+        resume: bool | str | os.PathLike = False,
+        overwrite: bool = False,
+        on_step: Callable[["Trainer"], None] | None = None,
+    ) -> dict[str, SAE]:
         """Train to `config.max_tokens`; `resume=True` continues from the latest checkpoint (if any).
 
         An `output_dir` that already holds a run (finished SAEs or checkpoints) is refused unless
         resuming or `overwrite=True`, and it must be writable before the first step, not after the last.
+        `on_step(trainer)` runs after every optimizer step and its checkpoint (`trainer.step`,
+        `trainer.saes`, `trainer.history`): to inspect the SAEs, or to stop early by raising.
         """
         cfg, acc = self.config, self.accelerator
         resume_from = self._resume_path(resume)
@@ -198,6 +206,8 @@ class Trainer:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k.endswith(("fvu", "l0"))})
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save_checkpoint(optimizer, scheduler)
+            if on_step is not None:
+                on_step(self)
         bar.close()
         self._set_threshold_window(None)  # further training of the returned SAEs uses the EMA again
         for window in self.pams.values():

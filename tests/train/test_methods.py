@@ -9,6 +9,18 @@ from hubsae.train.checkpoint import latest_checkpoint
 from hubsae.train.orthogonality import orthogonality_penalty
 
 
+class Interrupted(Exception):
+    """A run killed mid-way, as a crash or a lost machine would."""
+
+
+def interrupt_after(steps: int):
+    def on_step(trainer):
+        if trainer.step == steps:
+            raise Interrupted
+
+    return on_step
+
+
 def _nn_cos(sae) -> float:
     w = torch.nn.functional.normalize(sae.W_dec.detach(), dim=-1)
     cos = (w @ w.T).fill_diagonal_(-1)
@@ -39,14 +51,8 @@ def test_ortho_training_lowers_decoder_cosines_and_resumes_bit_identically(tiny_
     assert _nn_cos(ortho[name]) < 0.95 * _nn_cos(plain[name])
 
     part = tiny_config(output_dir=str(tmp_path / "part"), ortho_coefficient=0.25, checkpoint_every=5, **common)
-    trainer = Trainer(part, model=model, tokenizer=tok)
-    bundle, opt, sched, batches = trainer._setup(None)
-    for _ in range(7):
-        trainer._train_step(bundle, opt, sched, batches)
-        trainer.step += 1
-        if trainer.step == 5:
-            trainer.tokens = 5 * 64
-            trainer.save_checkpoint(opt, sched)
+    with pytest.raises(Interrupted):  # killed after step 7, two steps past its checkpoint
+        Trainer(part, model=model, tokenizer=tok).train(on_step=interrupt_after(7))
     assert latest_checkpoint(part.output_dir).name == "step-00000005"
     resumed = Trainer(part, model=model, tokenizer=tok).train(resume=True)
     for k, v in ortho[name].state_dict().items():
@@ -80,27 +86,23 @@ def test_pam_sgd_solves_per_window_and_resumes_mid_window_bit_identically(tiny_c
         method="pam_sgd", pam={"mu_enc": 1e-2, "batches": 4, "validation_every": 2}, d_sae=64, max_tokens=64 * 14
     )
     full = Trainer(tiny_config(output_dir=str(tmp_path / "full"), **common), model=model, tokenizer=tok)
-    bundle, opt, sched, batches = full._setup(None)
     name = full.config.hookpoints[0]
     decoders = []
-    for _ in range(5):
-        full._train_step(bundle, opt, sched, batches)
-        full.step += 1
-        decoders.append(full.saes[name].W_dec.detach().clone())
+
+    def keep_decoder(trainer):
+        decoders.append(trainer.saes[name].W_dec.detach().clone())
+        interrupt_after(5)(trainer)
+
+    with pytest.raises(Interrupted):
+        full.train(on_step=keep_decoder)
     # the decoder changes only when a window of 4 batches is complete (after steps 4 and 8, ...)
     assert [torch.equal(decoders[i], decoders[i + 1]) for i in range(4)] == [True, True, False, True]
     assert full.pams[name].ridge in full.pams[name].ridge_grid
 
     uninterrupted = Trainer(tiny_config(output_dir=str(tmp_path / "u"), **common), model=model, tokenizer=tok).train()
     part = tiny_config(output_dir=str(tmp_path / "part"), checkpoint_every=6, **common)
-    trainer = Trainer(part, model=model, tokenizer=tok)
-    bundle, opt, sched, batches = trainer._setup(None)
-    for _ in range(7):  # checkpoint at step 6: mid-window (2 of 4 batches accumulated)
-        trainer._train_step(bundle, opt, sched, batches)
-        trainer.step += 1
-        if trainer.step == 6:
-            trainer.tokens = 6 * 64
-            trainer.save_checkpoint(opt, sched)
+    with pytest.raises(Interrupted):  # checkpoint at step 6: mid-window (2 of 4 batches accumulated)
+        Trainer(part, model=model, tokenizer=tok).train(on_step=interrupt_after(7))
     resumed = Trainer(part, model=model, tokenizer=tok).train(resume=True)
     for k, v in uninterrupted[name].state_dict().items():
         assert torch.equal(resumed[name].state_dict()[k], v), k
