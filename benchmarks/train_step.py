@@ -57,7 +57,7 @@ def hubsae_topk(d: int, F: int, k: int, device: str, dead=None, batch: bool = Fa
 
     model_cls, config_cls = (BatchTopKSAE, BatchTopKSAEConfig) if batch else (TopKSAE, TopKSAEConfig)
     sae = model_cls(config_cls(d_in=d, d_sae=F, k=k)).to(device).train()
-    return sae, lambda x: sae(x, dead_mask=dead).loss
+    return sae, lambda x: sae(x, dead_mask=dead, dense_features=False).loss  # as the Trainer calls it
 
 
 def hubsae_plain(d: int, F: int, k: int, device: str, dead=None):
@@ -83,7 +83,7 @@ def hubsae_kron(m: int, n: int) -> Callable:
         from hubsae.saes import KronSAE, KronSAEConfig
 
         sae = KronSAE(KronSAEConfig(d_in=d, d_sae=F, k=k, num_heads=F // (m * n), m=m, n=n)).to(device).train()
-        return sae, lambda x: sae(x, dead_mask=dead).loss
+        return sae, lambda x: sae(x, dead_mask=dead, dense_features=False).loss  # as the Trainer calls it
 
     return build
 

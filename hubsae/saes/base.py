@@ -98,15 +98,30 @@ class SAEOutput(ModelOutput):
 
     Args:
         reconstruction: x_hat, same shape as the input.
-        features: sparse codes f, shape (..., d_sae), dense storage.
+        features: sparse codes f, shape (..., d_sae), dense storage; None under
+            `forward(..., dense_features=False)` when the path produced `code` instead.
         loss: weighted sum of `losses` with the config's weights (None unless losses were asked for).
         losses: named, unweighted loss terms (e.g. "mse", "l1", "auxk").
+        code: the active latents as a `SparseCode` (detached), when the path computed them sparsely.
     """
 
     reconstruction: Tensor | None = None
     features: Tensor | None = None
     loss: Tensor | None = None
     losses: dict[str, Tensor] | None = None
+    code: SparseCode | None = None
+
+    def active_latents(self, d_sae: int) -> Tensor:
+        """(d_sae,) bool: the latents that fired on any token of this batch."""
+        if self.features is not None:
+            return (self.features != 0).reshape(-1, d_sae).any(0)
+        fired = torch.zeros(d_sae, dtype=torch.bool, device=self.code.values.device)
+        return fired.index_fill_(0, self.code.indices[self.code.values != 0], True)
+
+    def active_count(self) -> Tensor:
+        """Number of non-zero (token, latent) pairs: L0 times the number of tokens."""
+        source = self.features if self.features is not None else self.code.values
+        return (source != 0).sum()
 
 
 def _own_aligned_storage(model: nn.Module) -> None:
@@ -308,20 +323,31 @@ class SAE(PreTrainedModel):
         """
         return self.denormalize(decode_rows(indices, values, self.W_dec) + self.b_dec, None)
 
-    def forward(self, hidden_states: Tensor, compute_losses: bool | None = None, **loss_kwargs) -> SAEOutput:
+    def forward(
+        self, hidden_states: Tensor, compute_losses: bool | None = None, dense_features: bool = True, **loss_kwargs
+    ) -> SAEOutput:
         """Encode and decode. Losses are computed in training mode or when `compute_losses=True`.
 
-        `loss_kwargs` go to `losses` (e.g. `dead_mask` for AuxK).
+        `loss_kwargs` go to `losses` (e.g. `dead_mask` for AuxK). `dense_features=False` lets a sparse
+        path skip the (..., d_sae) features (`SAEOutput.code` holds them): the trainer's setting, since
+        filling an (N, d_sae) tensor costs more than KronSAE's whole encoder at large d_sae.
         """
         self.check_input(hidden_states)
         x, stats = self.normalize_input(hidden_states)
         wants_losses = compute_losses if compute_losses is not None else self.training
         x_hat, features, losses = self.reconstruct(x, wants_losses, **loss_kwargs)
+        code = features if isinstance(features, SparseCode) else None
+        if code is not None:
+            features = code.to_dense(self.config.d_sae) if dense_features else None
         loss = weighted_loss(losses, self.config.loss_weights()) if losses is not None else None
-        return SAEOutput(reconstruction=self.denormalize(x_hat, stats), features=features, loss=loss, losses=losses)
+        x_hat = self.denormalize(x_hat, stats)
+        return SAEOutput(reconstruction=x_hat, features=features, loss=loss, losses=losses, code=code)
 
-    def reconstruct(self, x: Tensor, wants_losses: bool, **loss_kwargs) -> tuple[Tensor, Tensor, dict | None]:
-        """(x_hat, features, named losses or None) of a normalized input: the dense reference path."""
+    def reconstruct(
+        self, x: Tensor, wants_losses: bool, **loss_kwargs
+    ) -> tuple[Tensor, Tensor | SparseCode, dict | None]:
+        """(x_hat, features, named losses or None) of a normalized input: the dense reference path.
+        A sparse path may return its features as a (detached) `SparseCode`."""
         pre = self.pre_acts(x)
         features = self.activation(pre)
         x_hat = self._decode_normalized(features)

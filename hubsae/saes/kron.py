@@ -246,7 +246,7 @@ class KronSAE(SAE):
 
     def sparse_reconstruct(self, x: Tensor, wants_losses: bool, dead_mask: Tensor | None):
         """Through `hubsae.ops.kron`: same losses and gradients as `dense_reconstruct`, O(k) per token
-        after the encoder GEMM (features are the one (N, F) tensor, detached, as in TopK's sparse path)."""
+        after the encoder GEMM; the features come back as a detached `SparseCode`, never (N, F)."""
         cfg = self.config
         lead, x_ND = x.shape[:-1], x.reshape(-1, cfg.d_in)
         k_aux = cfg.resolved_k_aux if wants_losses else 0
@@ -254,7 +254,6 @@ class KronSAE(SAE):
         bounds = list(itertools.accumulate(cfg.group_sizes))[:-1] if cfg.group_sizes and wants_losses else None
         parts_GND = grouped_decode(indices, values, self.W_dec, bounds)  # each Matryoshka group's decode
         x_hat_ND = parts_GND.sum(0) + self.b_dec
-        feats_NF = SparseCode(indices, values.detach()).to_dense(cfg.d_sae)
         losses = None
         if wants_losses:
             losses = {"mse": mse_loss(x_ND, x_hat_ND)}
@@ -264,7 +263,8 @@ class KronSAE(SAE):
                 losses["prefix_mse"] = weighted_prefix_mse(prefix, cfg.group_weights)
             aux_ND = grouped_decode(aux_indices, aux_values, self.W_dec)[0] if aux_indices is not None else None
             losses["auxk"] = auxk_from_decoded(x_ND - x_hat_ND, aux_ND)
-        return x_hat_ND.reshape(*lead, cfg.d_in), feats_NF.reshape(*lead, -1), losses
+        code = SparseCode(indices.reshape(*lead, -1), values.detach().reshape(*lead, -1))
+        return x_hat_ND.reshape(*lead, cfg.d_in), code, losses
 
     def dense_reconstruct(self, x: Tensor, wants_losses: bool, **loss_kwargs):
         """The reference path: (N, F) pair scores, a TopK over all of them, dense features."""

@@ -146,7 +146,7 @@ class SAEBundle(nn.Module):
 
     def forward(self, batch: dict[str, Tensor], dead_masks: dict[str, Tensor]) -> dict:
         return {
-            name: sae(batch[name], compute_losses=True, dead_mask=dead_masks[name])
+            name: sae(batch[name], compute_losses=True, dense_features=False, dead_mask=dead_masks[name])
             for name, sae in zip(self.names, self.saes, strict=True)
         }
 

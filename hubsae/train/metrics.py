@@ -56,7 +56,7 @@ def batch_metrics(batch: dict[str, Tensor], outs: dict, saes: dict[str, SAE], tr
             [
                 (x - x_hat).pow(2).sum(),
                 (x - x.mean(0)).pow(2).sum(),
-                (out.features != 0).sum().float(),
+                out.active_count().float(),
                 torch.tensor(float(x.shape[0]), device=x.device),
             ]
         )
