@@ -6,6 +6,8 @@ Field names follow Neuronpedia's feature export where one exists (`feature_index
 JSON stays readable by their tools; ours add `mean_act`, `max_act`, `max_cos`, `max_cos_neighbor`.
 """
 
+import functools
+import importlib.resources
 import json
 import logging
 import os
@@ -16,7 +18,6 @@ from pathlib import Path
 import torch
 
 from ..files import atomic_write_text
-from ._page import PAGE
 from .examples import PAD_TOKEN, ActivationHistogram, TopActivations
 from .metrics import ReconstructionMetrics, density_histogram
 from .stats import LogitEffects
@@ -130,11 +131,20 @@ def html_text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+@functools.cache
+def page_template() -> str:
+    """templates/browser.html: one page with inline CSS, JS and SVG (no server, no CDN). `__DATA__`
+    becomes the JSON of `build_browser_data` (`<`, `>`, `&` as \\u escapes, see `script_json`); the
+    page reads `#feature=N` from the URL, and sets `body[data-status]` to "ok" once a feature is
+    drawn, "error" on any script error."""
+    return (importlib.resources.files(__package__) / "templates" / "browser.html").read_text(encoding="utf-8")
+
+
 def render_html(data: dict) -> str:
     """The self-contained page for `build_browser_data`'s output."""
     # one pass, so a title holding "__DATA__" (or data holding "__TITLE__") is not substituted again
     values = {"__TITLE__": html_text(str(data.get("title", ""))), "__DATA__": script_json(data)}
-    return re.sub("__TITLE__|__DATA__", lambda m: values[m.group(0)], PAGE)
+    return re.sub("__TITLE__|__DATA__", lambda m: values[m.group(0)], page_template())
 
 
 def write_browser_files(data: dict, out_dir: str | os.PathLike) -> Path:
