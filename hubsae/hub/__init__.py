@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -26,8 +25,6 @@ from huggingface_hub import (
     CommitOperationAdd,
     CommitOperationDelete,
     HfApi,
-    ModelCard,
-    ModelCardData,
     hf_hub_download,
 )
 from huggingface_hub.errors import (
@@ -39,12 +36,12 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import close_session
 
-from .auto import AutoSAE
-from .formats import FORMATS, NATIVE_MARKERS, UnknownFormatError, detect, open_folder
-from .hooks.hookpoints import subfolder_for
-from .llm import is_hub_id
-from .saes.base import SAE
-from .train.checkpoint import CHECKPOINT_DIR
+from ..auto import AutoSAE
+from ..formats import FORMATS, NATIVE_MARKERS, UnknownFormatError, detect, open_folder
+from ..hooks.hookpoints import subfolder_for
+from ..saes.base import SAE
+from ..train.checkpoint import CHECKPOINT_DIR
+from .card import build_card, card_base_model, common_base_model
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +49,6 @@ HUB_INDEX_NAME = "hubsae_index.json"
 CARD_NAME = "README.md"
 INDEX_FORMAT = "hubsae-index/1"
 DEFAULT_PUSH_TIMEOUT = 600.0  # seconds for uploads + commit; SAE folders are MBs to a few GBs
-DEFAULT_TAGS = ["hubsae", "sparse-autoencoder", "interpretability"]
 _RESERVED = {HUB_INDEX_NAME, CARD_NAME, ".gitattributes"}
 
 SAEs = Mapping[str, SAE] | Sequence[SAE] | SAE
@@ -74,6 +70,8 @@ def push_to_hub(
     license: str | None = None,
     tags: list[str] | None = None,
     extra_folders: Mapping[str, str | os.PathLike] | None = None,
+    extra_files: Mapping[str, str | os.PathLike] | None = None,
+    card_section: str | None = None,
     timeout: float | None = DEFAULT_PUSH_TIMEOUT,
 ) -> CommitInfo:
     """Upload SAEs, the index and the model card to `repo_id` in one commit.
@@ -89,6 +87,8 @@ def push_to_hub(
         base_model: the model the SAEs read; default the SAEs' `base_model_name_or_path`.
         extra_folders: `{path_in_repo: local folder}` uploaded in the same commit, e.g. the peft
             adapter that `hubsae.adapt.save_adapted` writes next to its SAE (`lora_adapter`).
+        extra_files: `{path_in_repo: local file}` uploaded in the same commit (e.g. `steering.json`).
+        card_section: Markdown appended to the model card's body.
 
         timeout: seconds the upload and commit may take before a `TimeoutError` (None: no limit).
             A Hub commit is atomic, so a push that times out leaves no partial commit.
@@ -98,42 +98,52 @@ def push_to_hub(
     unknown = sorted(set(metrics) - set(named))
     if unknown:
         raise ValueError(f"metrics given for subfolders that are not pushed: {unknown}; pushed: {sorted(named)}")
+    api = _prepared_repo(repo_id, token, private, revision, create_pr)
+    index = _existing_index(api, repo_id, revision)
+    index.update({sub: sae_entry(sae, metrics.get(sub)) for sub, sae in named.items()})
+    card = build_card(
+        repo_id, index, card_base_model(base_model or common_base_model(named)), datasets, license, tags, card_section
+    )
+    with tempfile.TemporaryDirectory(prefix="hubsae-push-") as tmp:
+        root = Path(tmp)
+        _stage(root, named, index, card, extra_folders or {}, extra_files or {})
+        message = commit_message or f"Upload {len(named)} SAE(s) with hubsae: {', '.join(sorted(named))}"
+        commit = dict(commit_message=message, commit_description=commit_description, revision=revision)
+        info = _within(timeout, _committer(api, repo_id, root, named, create_pr, **commit), f"pushing to {repo_id}")
+    logger.info("pushed %d SAE(s) to %s: %s", len(named), repo_id, info.pr_url or info.commit_url)
+    return info
+
+
+def _prepared_repo(repo_id: str, token, private: bool | None, revision: str | None, create_pr: bool) -> HfApi:
+    """The client, with the repo (and the branch a direct commit goes to) created when missing."""
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     if revision and revision != "main" and not create_pr:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    index = _existing_index(api, repo_id, revision)
-    index.update({sub: sae_entry(sae, metrics.get(sub)) for sub, sae in named.items()})
-    card = build_card(
-        repo_id, index, _card_base_model(base_model or _common_base_model(named)), datasets, license, tags
-    )
-    with tempfile.TemporaryDirectory(prefix="hubsae-push-") as tmp:
-        root = Path(tmp)
-        for sub, sae in named.items():
-            sae.save_pretrained(root / sub)
-        _copy_extra_folders(extra_folders or {}, named, root)
-        index_json = json.dumps({"format": INDEX_FORMAT, "saes": index}, indent=2, allow_nan=False)
-        (root / HUB_INDEX_NAME).write_text(index_json + "\n")
-        card.save(root / CARD_NAME)
-        operations: list = [
-            CommitOperationAdd(path_in_repo=path.relative_to(root).as_posix(), path_or_fileobj=str(path))
-            for path in sorted(root.rglob("*"))
-            if path.is_file()
-        ]
-        operations += _stale_files(api, repo_id, revision, named, {op.path_in_repo for op in operations})
-        message = commit_message or f"Upload {len(named)} SAE(s) with hubsae: {', '.join(sorted(named))}"
-        commit = functools.partial(
-            api.create_commit,
-            repo_id,
-            operations,
-            commit_message=message,
-            commit_description=commit_description,
-            revision=revision,
-            create_pr=create_pr,
-        )
-        info = _within(timeout, commit, f"pushing to {repo_id}")
-    logger.info("pushed %d SAE(s) to %s: %s", len(named), repo_id, info.pr_url or info.commit_url)
-    return info
+    return api
+
+
+def _committer(api: HfApi, repo_id: str, root: Path, named, create_pr: bool, **commit):
+    """The one `create_commit` of everything staged in `root`, deleting the files of re-pushed SAEs
+    that the new version no longer has."""
+    operations: list = [
+        CommitOperationAdd(path_in_repo=path.relative_to(root).as_posix(), path_or_fileobj=str(path))
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    ]
+    operations += _stale_files(api, repo_id, commit["revision"], named, {op.path_in_repo for op in operations})
+    return functools.partial(api.create_commit, repo_id, operations, create_pr=create_pr, **commit)
+
+
+def _stage(root: Path, named: Mapping[str, SAE], index: dict, card, extra_folders, extra_files) -> None:
+    """Write what one commit uploads into `root`: the SAE folders, extras, the index and the card."""
+    for sub, sae in named.items():
+        sae.save_pretrained(root / sub)
+    _copy_extra_folders(extra_folders, named, root)
+    _copy_extra_files(extra_files, named, root)
+    index_json = json.dumps({"format": INDEX_FORMAT, "saes": index}, indent=2, allow_nan=False)
+    (root / HUB_INDEX_NAME).write_text(index_json + "\n")
+    card.save(root / CARD_NAME)
 
 
 def _within(timeout: float | None, call, what: str):
@@ -170,6 +180,17 @@ def _copy_extra_folders(extra: Mapping[str, str | os.PathLike], named: Mapping[s
         if not Path(src).is_dir():
             raise FileNotFoundError(f"extra folder {name!r}: {src} is not a directory")
         shutil.copytree(src, root / name)
+
+
+def _copy_extra_files(extra: Mapping[str, str | os.PathLike], named: Mapping[str, SAE], root: Path) -> None:
+    for name, src in extra.items():
+        _check_subfolder(name)
+        if name in _RESERVED or any(name == sub or name.startswith(f"{sub}/") for sub in named):
+            raise ValueError(f"extra file {name!r} would overwrite an SAE subfolder or {sorted(_RESERVED)}")
+        if not Path(src).is_file():
+            raise FileNotFoundError(f"extra file {name!r}: {src} is not a file")
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, root / name)
 
 
 def list_saes(
@@ -305,92 +326,6 @@ def _stale_files(api: HfApi, repo_id: str, revision: str | None, named, new: set
         return []
     prefixes = tuple(f"{sub}/" for sub in named)
     return [CommitOperationDelete(path_in_repo=f) for f in sorted(existing) if f.startswith(prefixes) and f not in new]
-
-
-def _card_base_model(name: str | None) -> str | None:
-    """`name` when it is a Hub id; a local path would be rejected by the Hub as the card's base_model."""
-    if name is None or is_hub_id(name):
-        return name
-    logger.warning("base model %r is not a Hub repo id: the card names no base model (pass --base-model)", name)
-    return None
-
-
-def _common_base_model(named: Mapping[str, SAE]) -> str | None:
-    bases = {sae.config.base_model_name_or_path for sae in named.values()} - {None}
-    return bases.pop() if len(bases) == 1 else None
-
-
-def _natural(name: str) -> list:
-    """Sort key putting model.layers.6 before model.layers.12."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def _fmt(value: float | None, scale: float = 1.0, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value * scale:.{digits}g}"
-
-
-def build_card(
-    repo_id: str,
-    index: Mapping[str, dict],
-    base_model: str | None = None,
-    datasets: list[str] | None = None,
-    license: str | None = None,
-    tags: list[str] | None = None,
-) -> ModelCard:
-    """The README: YAML metadata (library_name hubsae) and a table with one row per SAE."""
-    archs = sorted({e["architecture"].removeprefix("hubsae_") for e in index.values()})
-    data = ModelCardData(
-        library_name="hubsae",
-        license=license,
-        tags=list(dict.fromkeys([*DEFAULT_TAGS, *archs, *(tags or [])])),
-        base_model=base_model,
-        datasets=datasets,
-    )
-    if base_model:
-        data.base_model_relation = (
-            "adapter"  # SAEs read the base model, they are not a finetune of it (the Hub's default guess)
-        )
-    rows = [
-        "| subfolder | architecture | hookpoint | d_sae | k / L0 | FVU | dead % |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for sub, e in sorted(index.items(), key=lambda item: _natural(item[0])):
-        m = e.get("metrics") or {}
-        k_l0 = f"{e['k'] if e.get('k') is not None else '–'} / {_fmt(m.get('l0'))}"
-        fvu = m.get("fvu", 1 - m["explained_variance"] if "explained_variance" in m else None)
-        rows.append(
-            f"| `{sub}` | {e['architecture']} | `{e['hookpoint']}` | {e['d_sae']} | {k_l0} "
-            f"| {_fmt(fvu)} | {_fmt(m.get('dead_fraction'), 100)} |"
-        )
-    first = min(index, key=_natural)
-    body = "\n".join(
-        [
-            f"# {repo_id.split('/')[-1]}",
-            "",
-            f"{len(index)} sparse autoencoder(s)"
-            + (f" for [`{base_model}`](https://huggingface.co/{base_model})" if base_model else "")
-            + ", one per subfolder, each a Hugging Face model (config.json + model.safetensors) made with hubsae.",
-            "",
-            *rows,
-            "",
-            "## Use",
-            "",
-            "```python",
-            "import hubsae",
-            "",
-            f'print(hubsae.list_saes("{repo_id}"))  # reads hubsae_index.json only',
-            f'sae = hubsae.AutoSAE.from_pretrained("{repo_id}", subfolder="{first}")',
-            "features = sae.encode(activations)  # activations read at the SAE's hookpoint",
-            "```",
-            "",
-        ]
-    )
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
-
-
-# ---- `hubsae push DIR REPO` -----------------------------------------------------------------
 
 
 def collect_saes(directory: str | os.PathLike) -> dict[str, SAE]:
