@@ -84,9 +84,7 @@ def train(
 def _fortunes_text(max_chars: int) -> str:
     files = sorted(f for f in glob.glob("/usr/share/games/fortunes/*") if not re.search(r"\.(dat|u8)$", f))
     if not files:
-        raise FileNotFoundError(
-            "no text: install the fortunes corpus first (apt-get install fortunes fortune-mod)"
-        )
+        raise FileNotFoundError("no text: install the fortunes corpus first (apt-get install fortunes fortune-mod)")
     parts, total = [], 0
     for name in files:
         if os.path.isdir(name):
