@@ -61,8 +61,6 @@ from .sparse import (
 )
 from .topk import TopKSAEConfig
 
-ACTIVATIONS = ("topk", "jumprelu")
-
 
 def mand(u: Tensor, v: Tensor, eps: float = 1e-5) -> Tensor:
     """mAND(u, v) = sqrt(u v + eps) where u > 0 and v > 0, else exactly 0; broadcasts u against v."""
@@ -77,6 +75,57 @@ def kron_flops(d_in: int, num_heads: int, m: int, n: int, k: int) -> int:
 def topk_flops(d_in: int, d_sae: int, k: int) -> int:
     """Forward FLOPs per token of a TopK SAE (eq. 7): d F + k d."""
     return d_in * d_sae + k * d_in
+
+
+class GlobalTopK:
+    """The paper's selection: a global TopK over all F post-latents, AuxK for the dead ones. Trains and
+    encodes through the sparse Kron path (only the k heads with the largest maxima are scored)."""
+
+    sparse = True
+    sparsity_loss = "auxk"
+    dense_reason = None
+
+    def add_parameters(self, sae: SAE) -> None:
+        pass
+
+    def init(self, sae: SAE) -> None:
+        pass
+
+    def weight(self, config: "KronSAEConfig") -> float:
+        return config.auxk_coefficient
+
+    def activation(self, sae: SAE, pre_acts: Tensor) -> Tensor:
+        return topk_code(pre_acts, sae.config.k).to_dense(sae.config.d_sae)
+
+    def penalty(self, sae: SAE, x: Tensor, pre_acts: Tensor, x_hat: Tensor, dead_mask: Tensor | None) -> Tensor:
+        return auxk_loss(x - x_hat, pre_acts, dead_mask, sae.config.resolved_k_aux, sae.W_dec)
+
+
+class JumpReLUThresholds:
+    """The paper's JumpReLU variant: a learned threshold per post-latent and an L0 penalty. Its loss and
+    threshold gradient read all F post-latents, so it trains through the dense path."""
+
+    sparse = False
+    sparsity_loss = "l0"
+    dense_reason = "JumpReLU thresholds every post-latent (its L0 loss and threshold gradient read all F)"
+
+    def add_parameters(self, sae: SAE) -> None:
+        sae.threshold = nn.Parameter(torch.empty(sae.config.d_sae))
+
+    def init(self, sae: SAE) -> None:
+        init.constant_(sae.threshold, sae.config.threshold_init)
+
+    def weight(self, config: "KronSAEConfig") -> float:
+        return config.l0_coefficient
+
+    def activation(self, sae: SAE, pre_acts: Tensor) -> Tensor:
+        return jumprelu(pre_acts, sae.threshold, sae.config.bandwidth)
+
+    def penalty(self, sae: SAE, x: Tensor, pre_acts: Tensor, x_hat: Tensor, dead_mask: Tensor | None) -> Tensor:
+        return step(pre_acts, sae.threshold, sae.config.bandwidth).sum(-1).mean()
+
+
+SELECTIONS = {"topk": GlobalTopK(), "jumprelu": JumpReLUThresholds()}
 
 
 @strict
@@ -116,8 +165,8 @@ class KronSAEConfig(TopKSAEConfig):
             )
         if self.composition not in COMPOSITIONS:
             raise ValueError(f"composition={self.composition!r} is not one of {COMPOSITIONS}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation={self.activation!r} is not one of {ACTIVATIONS}")
+        if self.activation not in SELECTIONS:
+            raise ValueError(f"activation={self.activation!r} is not one of {tuple(SELECTIONS)}")
         if self.mand_eps < 0 or self.bandwidth <= 0 or self.threshold_init <= 0:
             raise ValueError("mand_eps must be >= 0, bandwidth and threshold_init > 0")
         if self.group_sizes is not None:
@@ -131,9 +180,8 @@ class KronSAEConfig(TopKSAEConfig):
         weights = {"mse": 1.0}
         if self.group_sizes is not None:
             weights = {"mse": 0.0, "prefix_mse": 1.0}
-        if self.activation == "jumprelu":
-            return {**weights, "l0": self.l0_coefficient}
-        return {**weights, "auxk": self.auxk_coefficient}
+        selection = SELECTIONS[self.activation]
+        return {**weights, selection.sparsity_loss: selection.weight(self)}
 
     def flops_per_token(self) -> int:
         return kron_flops(self.d_in, self.num_heads, self.m, self.n, self.k)
@@ -142,9 +190,13 @@ class KronSAEConfig(TopKSAEConfig):
 class KronSAE(SAE):
     config_class = KronSAEConfig
 
+    @property
+    def selection(self) -> GlobalTopK | JumpReLUThresholds:
+        """How post-latents become features (`activation` in the config), chosen once."""
+        return SELECTIONS[self.config.activation]
+
     def add_parameters(self, config: KronSAEConfig) -> None:
-        if config.activation == "jumprelu":
-            self.threshold = nn.Parameter(torch.empty(config.d_sae))
+        SELECTIONS[config.activation].add_parameters(self)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -157,8 +209,7 @@ class KronSAE(SAE):
         init.copy_(self.W_dec, dec / dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
         init.zeros_(self.b_enc)
         init.zeros_(self.b_dec)
-        if cfg.activation == "jumprelu":
-            init.constant_(self.threshold, cfg.threshold_init)
+        self.selection.init(self)
 
     def parents(self) -> tuple[Tensor, Tensor]:
         """Encoder rows of the pre-latents: base P (h, m, d_in) and extension Q (h, n, d_in)."""
@@ -183,9 +234,7 @@ class KronSAE(SAE):
         return finalize(self.pair_scores(x), self.config.composition, self.config.mand_eps)
 
     def activation(self, pre_acts: Tensor) -> Tensor:
-        if self.config.activation == "jumprelu":
-            return jumprelu(pre_acts, self.threshold, self.config.bandwidth)
-        return topk_code(pre_acts, self.config.k).to_dense(self.config.d_sae)
+        return self.selection.activation(self, pre_acts)
 
     def sparse_topk(self, scores: Tensor) -> SparseCode:
         """Dense reference: the global TopK over all F scores (lower index first on ties, like the
@@ -199,8 +248,8 @@ class KronSAE(SAE):
 
     def training_path(self) -> str:
         """ "sparse" (the Kron path of `hubsae.ops.kron`) or "dense: <why>"."""
-        if self.config.activation != "topk":
-            return "dense: JumpReLU thresholds every post-latent (its L0 loss and threshold gradient read all F)"
+        if self.selection.dense_reason:
+            return f"dense: {self.selection.dense_reason}"
         if not sparse_training_enabled():
             return f"dense: {ENV_SWITCH}=0"
         return "sparse"
@@ -219,7 +268,7 @@ class KronSAE(SAE):
         With JumpReLU the width is the largest L0 over the given tokens (shorter codes padded with
         zero values), since a threshold code has no fixed k.
         """
-        if self.config.activation != "topk":
+        if not self.selection.sparse:
             return SparseCode.from_dense(self.encode(x))
         self.check_input(x)
         x_norm = self.normalize_input(x)[0]
@@ -228,7 +277,7 @@ class KronSAE(SAE):
         return SparseCode(indices.view(lead), values.view(lead))
 
     def encode(self, x: Tensor) -> Tensor:
-        if self.config.activation != "topk":
+        if not self.selection.sparse:
             return super().encode(x)
         return self.encode_sparse(x).to_dense(self.config.d_sae)
 
@@ -240,7 +289,7 @@ class KronSAE(SAE):
             announce_kron_path(type(self).__name__, path)
         if path == "sparse":
             return self.sparse_reconstruct(x, wants_losses, loss_kwargs.get("dead_mask"))
-        if self.config.activation != "topk":
+        if not self.selection.sparse:
             return super().reconstruct(x, wants_losses, **loss_kwargs)
         return self.dense_reconstruct(x, wants_losses, **loss_kwargs)
 
@@ -285,10 +334,7 @@ class KronSAE(SAE):
         if cfg.group_sizes is not None:
             prefix = prefix_mse_losses(x, features, self.W_dec, self.b_dec, list(cfg.group_sizes))
             out["prefix_mse"] = weighted_prefix_mse(prefix, cfg.group_weights)
-        if cfg.activation == "jumprelu":
-            out["l0"] = step(pre_acts, self.threshold, cfg.bandwidth).sum(-1).mean()
-        else:
-            out["auxk"] = auxk_loss(x - x_hat, pre_acts, kw.get("dead_mask"), cfg.resolved_k_aux, self.W_dec)
+        out[self.selection.sparsity_loss] = self.selection.penalty(self, x, pre_acts, x_hat, kw.get("dead_mask"))
         return out
 
 
