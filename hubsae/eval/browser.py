@@ -132,19 +132,19 @@ def html_text(text: str) -> str:
 
 
 @functools.cache
-def page_template() -> str:
-    """templates/browser.html: one page with inline CSS, JS and SVG (no server, no CDN). `__DATA__`
-    becomes the JSON of `build_browser_data` (`<`, `>`, `&` as \\u escapes, see `script_json`); the
-    page reads `#feature=N` from the URL, and sets `body[data-status]` to "ok" once a feature is
-    drawn, "error" on any script error."""
-    return (importlib.resources.files(__package__) / "templates" / "browser.html").read_text(encoding="utf-8")
+def page_template(name: str = "browser.html") -> str:
+    """A page of templates/ (package data): one HTML file with inline CSS, JS and SVG (no server, no
+    CDN). The browser's `__DATA__` becomes the JSON of `build_browser_data` (`<`, `>`, `&` as \\u
+    escapes, see `script_json`); it reads `#feature=N` from the URL and sets `body[data-status]` to
+    "ok" once a feature is drawn, "error" on any script error."""
+    return (importlib.resources.files(__package__) / "templates" / name).read_text(encoding="utf-8")
 
 
 def render_html(data: dict) -> str:
     """The self-contained page for `build_browser_data`'s output."""
     # one pass, so a title holding "__DATA__" (or data holding "__TITLE__") is not substituted again
     values = {"__TITLE__": html_text(str(data.get("title", ""))), "__DATA__": script_json(data)}
-    return re.sub("__TITLE__|__DATA__", lambda m: values[m.group(0)], page_template())
+    return re.sub("__TITLE__|__DATA__", lambda m: values[m.group(0)], page_template("browser.html"))
 
 
 def write_browser_files(data: dict, out_dir: str | os.PathLike) -> Path:
