@@ -19,7 +19,7 @@ from transformers import initialization as init
 from ..ops import announce_path, sparse_training_enabled
 from .base import SAE, register
 from .sparse import SparseCode, batch_topk, threshold_code, topk_code, topk_losses, update_threshold
-from .topk import TopKSAEConfig, sparse_topk_reconstruct
+from .topk import TopKSAEConfig, per_token_topk, sparse_topk_reconstruct
 
 
 @strict
@@ -71,8 +71,7 @@ def batch_topk_code(sae: SAE, x: Tensor) -> SparseCode:
     """`encode_sparse` of a BatchTopK-trained SAE: with the inference threshold the count varies per token
     (padded to the busiest token's); per-token TopK in training or before the threshold exists."""
     if sae.training or sae.threshold < 0:
-        sae.check_input(x)
-        return topk_code(sae.pre_acts(sae.normalize_input(x)[0]), sae.config.k)
+        return per_token_topk(sae, x)
     return SparseCode.from_dense(sae.encode(x))
 
 

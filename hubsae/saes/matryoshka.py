@@ -21,6 +21,7 @@ from torch import Tensor
 from .base import SAE, register
 from .batchtopk import BatchTopKSAEConfig, add_threshold, batch_topk_code, batch_topk_features, init_threshold
 from .sparse import SparseCode, auxk_loss, check_groups, mse_loss, prefix_mse_losses, topk_code, weighted_prefix_mse
+from .topk import per_token_topk
 
 
 def default_group_sizes(d_sae: int) -> list[int]:
@@ -75,8 +76,7 @@ class MatryoshkaSAE(SAE):
     def encode_sparse(self, x: Tensor) -> SparseCode:
         if self.config.batch_topk:
             return batch_topk_code(self, x)
-        self.check_input(x)
-        return topk_code(self.pre_acts(self.normalize_input(x)[0]), self.config.k)
+        return per_token_topk(self, x)
 
     def losses(self, x: Tensor, pre_acts: Tensor, features: Tensor, x_hat: Tensor, **kw) -> dict[str, Tensor]:
         prefix = prefix_mse_losses(x, features, self.W_dec, self.b_dec, self.config.resolved_group_sizes)

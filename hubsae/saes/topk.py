@@ -53,8 +53,7 @@ class TopKSAE(SAE):
 
     def encode_sparse(self, x: Tensor) -> SparseCode:
         """The k active latents of each token, (..., k) each; pairs with `decode_sparse`."""
-        self.check_input(x)
-        return topk_code(self.pre_acts(self.normalize_input(x)[0]), self.config.k)
+        return per_token_topk(self, x)
 
     def losses(self, x: Tensor, pre_acts: Tensor, features: Tensor, x_hat: Tensor, **kw) -> dict[str, Tensor]:
         return topk_losses(x, pre_acts, x_hat, kw.get("dead_mask"), self.config.resolved_k_aux, self.W_dec)
@@ -69,6 +68,13 @@ class TopKSAE(SAE):
             x_hat, features, losses, _ = sparse_topk_reconstruct(self, x, False, loss_kwargs.get("dead_mask"))
             return x_hat, features, losses
         return super().reconstruct(x, wants_losses, **loss_kwargs)
+
+
+def per_token_topk(sae: SAE, x: Tensor) -> SparseCode:
+    """The k largest ReLU'd pre-activations of each token of x (checked, normalized): the sparse code
+    of every per-token TopK selection (TopK, BatchTopK before its threshold exists, Matryoshka)."""
+    sae.check_input(x)
+    return topk_code(sae.pre_acts(sae.normalize_input(x)[0]), sae.config.k)
 
 
 def sparse_topk_reconstruct(sae: SAE, x: Tensor, batch: bool, dead_mask: Tensor | None):
@@ -86,4 +92,4 @@ def sparse_topk_reconstruct(sae: SAE, x: Tensor, batch: bool, dead_mask: Tensor 
 
 
 register(TopKSAEConfig, TopKSAE)
-__all__ = ["TopKSAEConfig", "TopKSAE", "sparse_topk_reconstruct"]
+__all__ = ["TopKSAEConfig", "TopKSAE", "per_token_topk", "sparse_topk_reconstruct"]

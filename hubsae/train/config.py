@@ -59,9 +59,7 @@ class Recipe:
         names = {f.name for f in dataclasses.fields(cls)}
         for key in data:
             if key not in names:
-                near = difflib.get_close_matches(str(key), names, n=3)
-                hint = f" (did you mean {', '.join(near)}?)" if near else ""
-                raise ValueError(f"{where}: unknown key {key!r}{hint}")
+                raise ValueError(f"{where}: unknown key {key!r}{did_you_mean(key, names)}")
         return cls(**data)
 
     @classmethod
@@ -290,6 +288,12 @@ def check_types(config: Recipe) -> None:
             setattr(config, f.name, float(value))  # YAML `lr: 1` is a fine float
 
 
+def did_you_mean(key: object, names) -> str:
+    """ " (did you mean a, b?)" with the closest of `names`, or "" when none is close."""
+    near = difflib.get_close_matches(str(key), list(names), n=3)
+    return f" (did you mean {', '.join(near)}?)" if near else ""
+
+
 def check_value(where: str, value: Any, annotation: Any) -> None:
     """A TypeError naming `where` unless value matches the annotation (an int is a fine float)."""
     if not _matches(value, annotation):
@@ -306,7 +310,6 @@ def check_section(where: str, values: dict[str, Any], fields: dict[str, Any], re
         if key in reserved:
             raise ValueError(f"{where}.{key} is set by the trainer; {reserved[key]}")
         if key not in fields:
-            near = difflib.get_close_matches(str(key), list(fields), n=3)
-            hint = f" (did you mean {', '.join(near)}?)" if near else ""
-            raise ValueError(f"{where}: unknown key {key!r}{hint}; it takes {sorted(set(fields) - set(reserved))}")
+            takes = sorted(set(fields) - set(reserved))
+            raise ValueError(f"{where}: unknown key {key!r}{did_you_mean(key, fields)}; it takes {takes}")
         check_value(f"{where}.{key}", value, fields[key])
