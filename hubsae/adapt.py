@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub.dataclasses import strict
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -39,6 +40,7 @@ OBJECTIVES = ("kl", "ce", "kl+ce")
 LAYER_CHOICES = ("all", "after")
 
 
+@strict
 @dataclass
 class LoRAAdaptConfig(Recipe):
     """How to train the adapters.
@@ -61,7 +63,7 @@ class LoRAAdaptConfig(Recipe):
     lr: float = 1e-4
     max_grad_norm: float = 1.0
 
-    def validate(self) -> None:
+    def validate_lora(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective={self.objective!r} is not one of {OBJECTIVES}")
         if self.layers not in LAYER_CHOICES:
@@ -190,6 +192,7 @@ def load_adapted(model: nn.Module, path: str | os.PathLike, **sae_kwargs) -> tup
     return peft_model.eval(), saes
 
 
+@strict
 @dataclass
 class AdaptRecipe(LoRAAdaptConfig):
     """`hubsae adapt RECIPE.yaml`: the LoRA settings above, plus where model, SAE and text come from.
@@ -210,8 +213,7 @@ class AdaptRecipe(LoRAAdaptConfig):
     batch_size: int = 8
     output_dir: str = "runs/adapt"
 
-    def validate(self) -> None:
-        super().validate()
+    def validate_adapt_recipe(self) -> None:  # validate_lora runs too (strict runs every validate_*)
         if not self.sae:
             raise ValueError("AdaptRecipe: sae must name the trained SAE (a folder or Hub repo)")
         if self.context_length < 2 or self.batch_size <= 0:

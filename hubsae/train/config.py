@@ -1,11 +1,11 @@
 """`TrainConfig`: everything a training run needs, loadable from a YAML recipe.
 
-Recipes override defaults only. An unknown key or a value of the wrong type is an error
-naming the key; `--override key=value` (value parsed as YAML, `sae.k=64` for a key inside a
+Recipes override defaults only. The configs are huggingface_hub `@strict` dataclasses, like the
+SAE configs: a value of the wrong type or out of range is an error naming the field, and an
+unknown key in a recipe file an error naming the key and the file; `--override key=value` (value parsed as YAML, `sae.k=64` for a key inside a
 dict field) applies on top of the recipe.
 """
 
-import collections.abc
 import dataclasses
 import difflib
 import math
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from huggingface_hub.dataclasses import strict, type_validator
+from huggingface_hub.errors import StrictDataclassError
 
 from .sections import TRAINER_SET, pam_fields, sae_fields
 
@@ -42,14 +44,13 @@ RESUMABLE_CHANGES = {"checkpoint_every", "keep_checkpoints", "log_every", "log_w
 
 
 class Recipe:
-    """Base of the YAML-loadable configs: unknown keys and wrong types are errors naming the key."""
+    """What the YAML-loadable configs (`@strict` dataclasses, like the SAE configs) share.
 
-    def __post_init__(self) -> None:
-        check_types(self)
-        self.validate()
-
-    def validate(self) -> None:
-        """Cross-field checks; subclasses raise ValueError naming the field."""
+    huggingface_hub's `@strict` checks every field's type on construction and assignment and runs
+    the `validate_*` methods (cross-field checks). A recipe file adds: unknown keys named with a
+    did-you-mean, whole numbers accepted where a float is meant (YAML writes `lr: 1`), and every
+    error prefixed with the file it came from.
+    """
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -60,7 +61,12 @@ class Recipe:
         for key in data:
             if key not in names:
                 raise ValueError(f"{where}: unknown key {key!r}{did_you_mean(key, names)}")
-        return cls(**data)
+        hints = typing.get_type_hints(cls)
+        values = {key: floats_where_meant(value, hints[key]) for key, value in data.items()}
+        try:
+            return cls(**values)
+        except StrictDataclassError as err:
+            raise ValueError(f"{where}: {err}") from err
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "Recipe":
@@ -73,6 +79,7 @@ class Recipe:
         return cls.from_dict(data, where=str(path))
 
 
+@strict
 @dataclass
 class TrainConfig(Recipe):
     """A training run: model and hookpoints, data, SAE, optimization, checkpoints, logging."""
@@ -190,7 +197,7 @@ class TrainConfig(Recipe):
     progress_bar: bool = True
     """Show a tqdm bar with tokens/s on the main process."""
 
-    def validate(self) -> None:
+    def validate_train_config(self) -> None:
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise ValueError(f"TrainConfig: {msg}")
@@ -258,51 +265,35 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         data[key] = value
 
 
-def _matches(value: Any, annotation: Any) -> bool:
-    origin = typing.get_origin(annotation)
-    if annotation is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin in (list, collections.abc.Sequence):
-        (item,) = typing.get_args(annotation)
-        return isinstance(value, (list, tuple)) and all(_matches(v, item) for v in value)
-    if origin is dict:
-        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
-    return isinstance(value, annotation)
-
-
-def check_types(config: Recipe) -> None:
-    """Raise a TypeError naming the first field whose value does not match its annotation."""
-    hints = typing.get_type_hints(type(config))
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        check_value(f"{type(config).__name__}.{f.name}", value, hints[f.name])
-        if hints[f.name] is float and isinstance(value, int):
-            setattr(config, f.name, float(value))  # YAML `lr: 1` is a fine float
-
-
 def did_you_mean(key: object, names) -> str:
     """ " (did you mean a, b?)" with the closest of `names`, or "" when none is close."""
     near = difflib.get_close_matches(str(key), list(names), n=3)
     return f" (did you mean {', '.join(near)}?)" if near else ""
 
 
-def check_value(where: str, value: Any, annotation: Any) -> None:
-    """A TypeError naming `where` unless value matches the annotation (an int is a fine float)."""
-    if not _matches(value, annotation):
-        want = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-        raise TypeError(f"{where} must be {want}, got {value!r} ({type(value).__name__})")
+def floats_where_meant(value: Any, annotation: Any) -> Any:
+    """`value` with whole numbers turned into floats where the annotation wants a float
+    (`float`, `float | None`, `list[float]`): YAML and `--override` write `1` for 1.0, and the
+    strict configs refuse an int for a float."""
+    if isinstance(value, bool) or value is None:
+        return value
+    wants = (
+        set(typing.get_args(annotation))
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else {annotation}
+    )
+    if isinstance(value, int) and float in wants and int not in wants:
+        return float(value)
+    if isinstance(value, list):
+        item_types = [typing.get_args(a) for a in wants if typing.get_origin(a) is list]
+        if item_types and item_types[0] == (float,):
+            return [floats_where_meant(v, float) for v in value]
+    return value
 
 
 def check_section(where: str, values: dict[str, Any], fields: dict[str, Any], reserved: dict[str, str]) -> None:
-    """A nested recipe section (`sae:`, `pam:`): every key a known field, of its field's type.
+    """A nested recipe section (`sae:`, `pam:`): every key a known field, of its field's type (the
+    same type check as `@strict`; whole numbers become floats in place where a float is meant).
 
     `reserved` maps keys the trainer sets itself to the recipe key to use instead.
     """
@@ -312,4 +303,5 @@ def check_section(where: str, values: dict[str, Any], fields: dict[str, Any], re
         if key not in fields:
             takes = sorted(set(fields) - set(reserved))
             raise ValueError(f"{where}: unknown key {key!r}{did_you_mean(key, fields)}; it takes {takes}")
-        check_value(f"{where}.{key}", value, fields[key])
+        values[key] = floats_where_meant(value, fields[key])
+        type_validator(f"{where}.{key}", values[key], fields[key])

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from peft import LoraConfig, get_peft_model
 from tiny_models import LAYER1, tiny_llama, token_batch, topk_sae
 
@@ -77,9 +78,9 @@ def test_save_load_round_trip(setup, tmp_path):
 
 
 def test_bad_config():
-    with pytest.raises(ValueError, match="objective"):
+    with pytest.raises(StrictDataclassError, match="objective"):
         LoRAAdaptConfig(objective="mse")
-    with pytest.raises(ValueError, match="layers"):
+    with pytest.raises(StrictDataclassError, match="layers"):
         LoRAAdaptConfig(layers="before")
 
 

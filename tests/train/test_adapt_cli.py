@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 import yaml
+from huggingface_hub.errors import StrictDataclassError
 
 from hubsae import TopKSAE, TopKSAEConfig
 from hubsae.adapt import AdaptRecipe, load_adapted
@@ -41,12 +42,12 @@ def test_adapt_command_trains_and_saves(tiny_lm, tmp_path):
 
 
 def test_adapt_recipe_errors(tmp_path):
-    with pytest.raises(ValueError, match="sae must name"):
+    with pytest.raises(StrictDataclassError, match="sae must name"):
         AdaptRecipe()
     path = tmp_path / "bad.yaml"
     path.write_text("sae: x\nrank: 4\n")
     with pytest.raises(ValueError, match="unknown key 'rank'"):
         AdaptRecipe.from_yaml(path)
     path.write_text("sae: x\nsteps: many\n")
-    with pytest.raises(TypeError, match="AdaptRecipe.steps must be int"):
+    with pytest.raises(ValueError, match=r"(?s)bad.yaml: .*field 'steps'.*expected int, got str"):
         AdaptRecipe.from_yaml(path)

@@ -5,6 +5,7 @@ import dataclasses
 import typing
 
 import pytest
+from huggingface_hub.errors import StrictDataclassError
 
 from hubsae.train import TrainConfig
 from hubsae.train.config import FRACTIONS, NON_NEGATIVE, POSITIVE, POSITIVE_OR_NONE
@@ -43,7 +44,7 @@ BAD = {
 
 @pytest.mark.parametrize(("name", "value"), [(n, v) for n, values in BAD.items() for v in values])
 def test_out_of_range_value_names_the_field_and_the_value(name, value):
-    with pytest.raises(ValueError, match=rf"TrainConfig: {name} must be .*got {value!r}"):
+    with pytest.raises(StrictDataclassError, match=rf"TrainConfig: {name} must be .*got {value!r}"):
         TrainConfig(dataset="x", **{name: value})
 
 
@@ -86,7 +87,7 @@ def test_negative_lr_in_a_recipe_is_refused(tmp_path):
     ],
 )
 def test_choices_and_cross_field_ranges(overrides, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(StrictDataclassError, match=message):
         TrainConfig(dataset="x", **overrides)
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassError
 
 from hubsae import TopKSAE, TopKSAEConfig
 from hubsae.train import TrainConfig, Trainer
@@ -110,12 +111,12 @@ def test_pam_sgd_solves_per_window_and_resumes_mid_window_bit_identically(tiny_c
 
 def test_pam_sgd_bad_settings_are_named(tiny_config, tiny_lm):
     model, tok, _, _ = tiny_lm
-    with pytest.raises(ValueError, match=r"pam: unknown key 'mu'.*it takes \['alpha', 'batches'"):
+    with pytest.raises(StrictDataclassError, match=r"pam: unknown key 'mu'.*it takes \['alpha', 'batches'"):
         tiny_config(method="pam_sgd", pam={"mu": 1.0})  # refused when the config is built, before training
     with pytest.raises(ValueError, match="normalize_decoder=True cannot be combined with method='pam_sgd'"):
         cfg = tiny_config(method="pam_sgd", sae={"k": 4, "normalize_decoder": True})
         Trainer(cfg, model=model, tokenizer=tok).train()
-    with pytest.raises(ValueError, match="grad_accum_steps must be 1"):
+    with pytest.raises(StrictDataclassError, match="grad_accum_steps must be 1"):
         TrainConfig(dataset="x", method="pam_sgd", grad_accum_steps=2)
-    with pytest.raises(ValueError, match="method is not 'pam_sgd'"):
+    with pytest.raises(StrictDataclassError, match="method is not 'pam_sgd'"):
         TrainConfig(dataset="x", pam={"mu_enc": 1.0})
