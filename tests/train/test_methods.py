@@ -3,23 +3,12 @@
 import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassError
+from interrupting import Interrupted, interrupt_after
 
 from hubsae import TopKSAE, TopKSAEConfig
 from hubsae.train import TrainConfig, Trainer
 from hubsae.train.checkpoint import latest_checkpoint
 from hubsae.train.orthogonality import orthogonality_penalty
-
-
-class Interrupted(Exception):
-    """A run killed mid-way, as a crash or a lost machine would."""
-
-
-def interrupt_after(steps: int):
-    def on_step(trainer):
-        if trainer.step == steps:
-            raise Interrupted
-
-    return on_step
 
 
 def _nn_cos(sae) -> float:

@@ -11,26 +11,21 @@ from hubsae.train import Trainer
 from hubsae.train import trainer as trainer_module
 
 
-def _never_steps(monkeypatch):
-    """Fail the test if training gets as far as its first step."""
-
-    def boom(*args, **kwargs):
-        raise AssertionError("a training step ran before output_dir was checked")
-
-    monkeypatch.setattr(Trainer, "_train_step", boom)
+def never_steps(trainer):
+    """`on_step` hook that fails the test if training gets as far as its first step."""
+    raise AssertionError("a training step ran before output_dir was checked")
 
 
-def test_output_dir_that_is_a_file_is_refused_before_training(tiny_config, tiny_lm, tmp_path, monkeypatch):
+def test_output_dir_that_is_a_file_is_refused_before_training(tiny_config, tiny_lm, tmp_path):
     model, tok, _, _ = tiny_lm
     target = tmp_path / "run"
     target.write_text("not a folder")
-    _never_steps(monkeypatch)
     with pytest.raises(NotADirectoryError, match="is a file"):
-        Trainer(tiny_config(output_dir=str(target)), model=model, tokenizer=tok).train()
+        Trainer(tiny_config(output_dir=str(target)), model=model, tokenizer=tok).train(on_step=never_steps)
 
 
 @pytest.mark.parametrize("where", ["under_a_file", "proc"])
-def test_unwritable_output_dir_is_refused_before_training(tiny_config, tiny_lm, tmp_path, monkeypatch, where):
+def test_unwritable_output_dir_is_refused_before_training(tiny_config, tiny_lm, tmp_path, where):
     model, tok, _, _ = tiny_lm
     if where == "proc":
         if not os.path.isdir("/proc/self"):
@@ -39,9 +34,8 @@ def test_unwritable_output_dir_is_refused_before_training(tiny_config, tiny_lm, 
     else:
         (tmp_path / "plain").write_text("x")
         target = str(tmp_path / "plain" / "run")
-    _never_steps(monkeypatch)
     with pytest.raises(PermissionError, match="is not writable.*nothing was trained"):
-        Trainer(tiny_config(output_dir=target), model=model, tokenizer=tok).train()
+        Trainer(tiny_config(output_dir=target), model=model, tokenizer=tok).train(on_step=never_steps)
 
 
 def test_a_finished_run_is_not_overwritten_without_asking(tiny_config, tiny_lm):

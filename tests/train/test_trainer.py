@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassError
+from interrupting import Interrupted, interrupt_after
 
 from hubsae import AutoSAE, ReLUSAE, ReLUSAEConfig
 from hubsae.data import write_cache
@@ -107,21 +108,11 @@ def test_resume_in_process_is_bit_identical(tiny_config, tiny_lm, tmp_path):
     model, tok, _, _ = tiny_lm
     full = Trainer(tiny_config(output_dir=str(tmp_path / "full")), model=model, tokenizer=tok).train()
     cfg = tiny_config(output_dir=str(tmp_path / "part"), checkpoint_every=7)
-    _train_steps(Trainer(cfg, model=model, tokenizer=tok), 16)  # checkpoints at 7 and 14, then "dies" at 16
+    with pytest.raises(Interrupted):  # checkpoints at 7 and 14, then "dies" at 16
+        Trainer(cfg, model=model, tokenizer=tok).train(on_step=interrupt_after(16))
     assert latest_checkpoint(cfg.output_dir).name == "step-00000014"
     resumed = Trainer(cfg, model=model, tokenizer=tok).train(resume=True)
     _assert_identical(_weights(full), _weights(resumed))
-
-
-def _train_steps(trainer, n):
-    """Run the first n steps of trainer's loop (with its checkpoints), then abandon it."""
-    bundle, optimizer, scheduler, batches = trainer._setup(None)
-    trainer.tokens = 0
-    while trainer.step < n:
-        trainer._train_step(bundle, optimizer, scheduler, batches)
-        trainer.step += 1
-        if trainer.step % trainer.config.checkpoint_every == 0:
-            trainer.save_checkpoint(optimizer, scheduler)
 
 
 def test_resume_from_a_different_recipe_names_the_keys(tiny_config, tiny_lm):
