@@ -37,7 +37,7 @@ def test_identity_sae_on_smollm2(smollm2):
     ctxs = list(text_contexts([TEXT], tok, 32))[:2]
     [res] = evaluate(model, sae, ctxs, special_ids=tok.all_special_ids, progress=False)
     m = res.metrics
-    assert 1.0 < m["ce_loss_clean"] < 6.0  # a real LM on plain English (env.md: about 2.6 nats)
+    assert 1.0 < m["ce_loss_clean"] < 6.0  # a real LM on plain English (about 2.6 nats)
     assert m["ce_loss_zero_ablated"] > m["ce_loss_clean"] + 2.0  # the residual stream carries everything
     assert m["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-6) and m["fvu"] == pytest.approx(0.0, abs=1e-12)
     assert m["kl_spliced"] == pytest.approx(0.0, abs=1e-6) and m["kl_score"] == pytest.approx(1.0, abs=1e-6)

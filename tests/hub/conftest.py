@@ -1,7 +1,7 @@
 """`hub` fixture: a local Hub-compatible server, with huggingface_hub pointed at it for one test.
 
 The root conftest sets HF_HUB_OFFLINE=1 before anything imports huggingface_hub, and the endpoint
-is frozen at import (hub.md §2.3). The constants the client reads on each call are patched here
+is frozen at import (`huggingface_hub.constants.ENDPOINT`). The constants the client reads on each call are patched here
 (endpoint, URL template, offline, Xet, cache), plus transformers' cached HfApi, so the real
 client code runs over HTTP against 127.0.0.1 and every test gets a fresh server and cache.
 """

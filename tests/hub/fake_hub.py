@@ -1,7 +1,7 @@
 """A small Hub-compatible HTTP server for tests: just what huggingface_hub's client calls.
 
 Repos, branches, commits and content-addressed blobs live in memory. Implemented (shapes as the
-real Hub, see /work/shared/docs/hub.md §2): repo create, repo info (+ revision), tree listing,
+real Hub's HTTP API as huggingface_hub's `HfApi` and `hf_hub_download` call it): repo create, repo info (+ revision), tree listing,
 preupload, LFS batch + basic upload, NDJSON commit (with `create_pr`), branch creation, resolve
 (HEAD/GET with X-Repo-Commit, ETag, X-Linked-Etag/Size, Range) and validate-yaml.
 Not implemented: Xet (clients must run with HF_HUB_DISABLE_XET), multipart LFS, pagination.

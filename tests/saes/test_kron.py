@@ -97,7 +97,7 @@ def test_encoder_flops_are_h_times_m_plus_n_times_d():
         sae.pre_acts(torch.randn(tokens, d))
     assert counter.get_total_flops() == 2 * tokens * d * h * (m + n)  # one fused matmul, 2 FLOPs per MAC
     assert sae.config.flops_per_token() == kron_flops(d, h, m, n, k) == d * h * (m + n) + m * n * h + k * d
-    # the paper's cost table (papers.md §1.4): F = 32768, (m, n, h) = (4, 4, 2048) halves the encoder
+    # the paper's cost model (arXiv 2505.22255, App. A.2, eq. 7): F = 32768, (m, n, h) = (4, 4, 2048) halves the encoder
     encoder = kron_flops(2304, 2048, 4, 4, 50) - 32768 - 50 * 2304
     assert encoder == 0.5 * (topk_flops(2304, 32768, 50) - 50 * 2304)
 
