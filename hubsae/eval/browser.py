@@ -4,6 +4,8 @@ Field names follow Neuronpedia's feature export where one exists (`feature_index
 `frac_nonzero`, `freq_hist_data_bar_*`, `logits_hist_data_bar_*`, `pos_str`/`pos_values`,
 `neg_str`/`neg_values`, `activations: [{tokens, values, maxValue, maxValueTokenIndex}]`), so the
 JSON stays readable by their tools; ours add `mean_act`, `max_act`, `max_cos`, `max_cos_neighbor`.
+Autointerp adds Neuronpedia's `explanations` records per latent and a top-level `autointerp` summary
+(`add_explanations`).
 """
 
 import functools
@@ -12,7 +14,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -113,6 +115,21 @@ def build_browser_data(
         "first_feature": int(alive[0]) if len(alive) else 0,
         "features": features,
     }
+
+
+def add_explanations(data: dict, explanations: Mapping[int, list[dict]], summary: dict | None = None) -> dict:
+    """Put `explanations` ({latent: Neuronpedia explanation records}, e.g. `AutointerpResult.
+    neuronpedia_explanations()`) into each feature of `build_browser_data`'s output (latents without one
+    get `[]`) and `summary` under `autointerp`; returns `data`, changed in place."""
+    n = len(data["features"])
+    bad = [k for k in explanations if not 0 <= int(k) < n]
+    if bad:
+        raise ValueError(f"explanations for latents {bad[:5]} outside the browser's 0..{n - 1}")
+    for f in data["features"]:
+        f["explanations"] = list(explanations.get(f["feature_index"], []))
+    if summary is not None:
+        data["autointerp"] = dict(summary)
+    return data
 
 
 def script_json(data) -> str:

@@ -18,7 +18,8 @@ from ..data.text import TextSource, contexts, pack_contexts, token_stream
 from ..files import atomic_write_text
 from ..hooks.hookpoints import subfolder_for
 from ..saes.base import SAE
-from .browser import build_browser_data, write_browser_files
+from .autointerp_result import AutointerpResult
+from .browser import add_explanations, build_browser_data, write_browser_files
 from .lm import SAEEvaluation, evaluate
 from .metrics import decoder_nearest_neighbours, density_histogram
 from .plots import have_matplotlib, plot_density_histogram
@@ -111,8 +112,16 @@ def write_report(results: Sequence[SAEEvaluation], out_dir: str | os.PathLike, s
     return path
 
 
-def browser_data(result: SAEEvaluation, sae: SAE, model: nn.Module, tokenizer, title: str | None = None) -> dict:
-    """The browser's data for one evaluated SAE (needs `evaluate(..., n_examples > 0)`)."""
+def browser_data(
+    result: SAEEvaluation,
+    sae: SAE,
+    model: nn.Module,
+    tokenizer,
+    title: str | None = None,
+    autointerp: AutointerpResult | None = None,
+) -> dict:
+    """The browser's data for one evaluated SAE (needs `evaluate(..., n_examples > 0)`), with `autointerp`'s
+    explanations and scores on their latents when given."""
     if result.top is None or result.hist is None:
         raise ValueError("the browser needs max-activating examples: run evaluate(..., n_examples=20)")
     W_dec = sae.W_dec.detach()
@@ -122,7 +131,7 @@ def browser_data(result: SAEEvaluation, sae: SAE, model: nn.Module, tokenizer, t
         meta["k"] = cfg.k
     meta["base model"] = cfg.base_model_name_or_path or type(model).__name__
     meta.update({k: result.metrics[k] for k in TABLE_METRICS if k in result.metrics})
-    return build_browser_data(
+    data = build_browser_data(
         metrics=result.recon,
         top=result.top,
         hist=result.hist,
@@ -133,6 +142,9 @@ def browser_data(result: SAEEvaluation, sae: SAE, model: nn.Module, tokenizer, t
         meta=meta,
         samples=result.samples,
     )
+    if autointerp is not None:
+        add_explanations(data, autointerp.neuronpedia_explanations(), autointerp.summary())
+    return data
 
 
 def write_browser(
@@ -150,12 +162,14 @@ def write_browser(
     radius: int = 5,
     title: str | None = None,
     skip_contexts: int = 0,
+    autointerp: AutointerpResult | None = None,
 ) -> Path:
     """Evaluate `sae` on `texts` and write the feature browser (`index.html`, `features.json`) and the
     eval report (`eval.json`, `eval.md`, density PNG) into `out_dir`; returns the page's path.
 
     `texts`: a text source path (file, folder, `corpus:NAME`, `hf:NAME`) or an iterable of documents;
-    the first `skip_contexts` contexts are left out (text the SAE was trained on).
+    the first `skip_contexts` contexts are left out (text the SAE was trained on). `autointerp` (from
+    `hubsae.eval.autointerp.autointerp`) adds its explanations and scores to the page and `features.json`.
     """
     ctxs = text_contexts(texts, tokenizer, context_length, skip=skip_contexts)
     [result] = evaluate(
@@ -171,4 +185,4 @@ def write_browser(
     )
     settings = {"context_length": context_length, "max_contexts": max_contexts, "n_tokens": result.recon.n_tokens}
     write_report([result], out_dir, settings)
-    return write_browser_files(browser_data(result, sae, model, tokenizer, title), out_dir)
+    return write_browser_files(browser_data(result, sae, model, tokenizer, title, autointerp), out_dir)
