@@ -140,7 +140,7 @@ def load_steered(
     `pipeline("text-generation", model=model, ...)` both run through them.
     """
     if isinstance(base_model, str):
-        from .llm import load_causal_lm
+        from ..llm import load_causal_lm
 
         base_model = load_causal_lm(base_model)[0]
     if getattr(base_model, STEERING_ATTR, None) is not None:

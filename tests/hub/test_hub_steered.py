@@ -1,16 +1,32 @@
 """Steered models as artefacts: the spec's strict JSON, load_steered against the steer() context
 manager (token for token), a push through the local Hub server, and the llama.cpp GGUF export."""
 
+import argparse
 import json
+import logging
+from dataclasses import replace
 
 import gguf
 import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
-from transformers import LlamaConfig, LlamaForCausalLM
+from safetensors import safe_open
+from tiny_models import tiny_llama_for
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import hubsae
-from hubsae.steered import SAERef, SteeringEntry, SteeringSpec, export_gguf, load_steered, push_steered
+from hubsae.cli import COMMANDS
+from hubsae.cli import steer as steer_cli
+from hubsae.llm import smollm2_path
+from hubsae.steered import (
+    SAERef,
+    SteeringEntry,
+    SteeringSpec,
+    export_gguf,
+    export_safetensors,
+    load_steered,
+    push_steered,
+)
 
 IDS = torch.tensor([[5, 17, 33, 9], [44, 8, 90, 3]])
 SETTINGS = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
@@ -141,3 +157,113 @@ def test_gguf_control_vector_reads_back(tmp_path):
         one = SteeringSpec((SteeringEntry(SAERef(path="a"), (3,), (1.0,), hookpoint=bad, positions="all"),))
         with pytest.raises(ValueError, match="llama.cpp"):
             export_gguf(one, [sae_a], tmp_path / "bad.gguf", model_hint="llama")
+
+
+def test_safetensors_export_reads_back(tmp_path):
+    sae_a, sae_b = topk_sae("model.layers.1"), topk_sae("model.layers.2", seed=2)
+    spec = SteeringSpec(
+        (SteeringEntry(SAERef(path="a"), (3, 5), (4.0, -2.0), positions="all"),
+         SteeringEntry(SAERef(path="b"), (7,), (0.5,), positions="all", relative=True),
+         SteeringEntry(SAERef(path="a"), (9,), (1.0,), positions="all")),
+        description="two hookpoints, one of them twice",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="relative"):
+        export_safetensors(spec, [sae_a, sae_b, sae_a], tmp_path / "x.safetensors")
+    path = export_safetensors(spec, [sae_a, sae_b, sae_a], tmp_path / "v.safetensors", norms={"model.layers.2": 8.0})
+    with safe_open(path, framework="pt") as f:
+        vectors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        metadata = f.metadata()
+    assert metadata["format"] == "hubsae-steering-vectors/1"
+    assert SteeringSpec.from_json(metadata["spec"]) == spec
+
+    def unit(sae, i):
+        return (sae.W_dec[i] / sae.W_dec[i].norm()).detach()
+
+    assert set(vectors) == {"model.layers.1", "model.layers.2"}
+    assert all(v.dtype == torch.float32 and v.shape == (32,) for v in vectors.values())
+    expected_1 = 4.0 * unit(sae_a, 3) - 2.0 * unit(sae_a, 5) + unit(sae_a, 9)  # two entries at one hookpoint add
+    torch.testing.assert_close(vectors["model.layers.1"], expected_1)
+    torch.testing.assert_close(vectors["model.layers.2"], 0.5 * 8.0 * unit(sae_b, 7))
+
+
+def _commit(push) -> str:
+    oid = push.oid
+    assert len(oid) == 40
+    return oid
+
+
+def test_a_pinned_revision_loads_that_commit_not_the_newest(hub):
+    model = tiny_llama()
+    old, new = topk_sae("model.layers.1"), topk_sae("model.layers.1", seed=5)
+    first = _commit(hubsae.push_to_hub(old, "tester/saes"))
+    hubsae.push_to_hub(new, "tester/saes")  # main now holds other weights
+    coefficients = {3: 4.0, 5: -2.0}
+
+    def reference(sae):
+        with torch.no_grad(), hubsae.steer(model, sae, coefficients, positions="all"):
+            return model.generate(IDS, **SETTINGS)
+
+    at_old, at_new = reference(old), reference(new)
+    assert not torch.equal(at_old, at_new)
+    ref = SAERef(repo_id="tester/saes", subfolder="model.layers.1", revision=first)
+    spec = SteeringSpec((SteeringEntry(ref, tuple(coefficients), tuple(coefficients.values()), positions="all"),))
+    for pinned, expected in ((spec, at_old), (_unpinned(spec), at_new)):
+        steered = load_steered(model, pinned)
+        with torch.no_grad():
+            assert torch.equal(model.generate(IDS, **SETTINGS), expected)
+        steered.hubsae_steering.remove()
+    # a steered repo pushed twice: revision= picks the spec and the SAEs of that commit
+    v1 = _commit(push_steered(spec, [old], "tester/steered"))
+    push_steered(spec, [new], "tester/steered")
+    for revision, expected in ((v1, at_old), (None, at_new)):
+        load_steered(model, "tester/steered", revision=revision)
+        with torch.no_grad():
+            assert torch.equal(model.generate(IDS, **SETTINGS), expected)
+        model.hubsae_steering.remove()
+
+
+def _unpinned(spec: SteeringSpec) -> SteeringSpec:
+    entry = spec.entries[0]
+    return SteeringSpec((replace(entry, sae=replace(entry.sae, revision=None)),))
+
+
+def _steer_cli(argv: list[str]) -> None:
+    """What `hubsae steer ...` runs."""
+    assert ("steer", "hubsae.cli.steer") in [(name, module) for name, module, _ in COMMANDS]
+    parser = argparse.ArgumentParser(prog="hubsae steer")
+    steer_cli.add_arguments(parser)
+    steer_cli.run(parser.parse_args(argv))
+
+
+def test_steer_cli_spec_generates_as_the_context_manager(tmp_path, caplog):
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
+    model = tiny_llama_for(tokenizer)
+    model.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    sae = topk_sae("model.layers.1")
+    sae.save_pretrained(tmp_path / "sae")
+    entry = SteeringEntry(SAERef(path="sae"), (3, 5), (6.0, -3.0), positions="generated")
+    SteeringSpec((entry,)).save(tmp_path / "steering.json")
+    prompts = ["Tell me about your weekend.", "The sea is"]
+    # the reference: the same prompts, left-padded, through the steer() context manager
+    tokenizer.padding_side = "left"
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+    settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        plain = model.generate(**inputs, **settings)
+        with hubsae.steer(model, sae, entry.coefficient_map, positions="generated"):
+            steered = model.generate(**inputs, **settings)
+    start = inputs.input_ids.shape[1]
+    texts = [[tokenizer.decode(row[start:], skip_special_tokens=True) for row in out] for out in (plain, steered)]
+    assert texts[0] != texts[1]
+    argv = ["--spec", str(tmp_path / "steering.json"), "--model", str(tmp_path / "lm"), "--max-new-tokens", "6"]
+    with caplog.at_level(logging.INFO, logger="hubsae.cli.steer"):
+        _steer_cli(argv + [arg for p in prompts for arg in ("--prompt", p)])
+    logged = caplog.text
+    for prompt, plain_text, steered_text in zip(prompts, *texts, strict=True):
+        assert f"prompt:  {prompt}\nplain:   {plain_text}\nsteered: {steered_text}\n" in logged + "\n"
+    # load_steered with the base model named by folder generates the same tokens
+    again = load_steered(str(tmp_path / "lm"), tmp_path / "steering.json")
+    with torch.no_grad():
+        assert torch.equal(again.generate(**inputs, **settings), steered)
