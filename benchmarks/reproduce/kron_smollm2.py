@@ -1,133 +1,190 @@
-"""KronSAE on SmolLM2-135M activations: the mAND ablation (Table 1), KronSAE vs TopK at equal
-FLOPs (Fig. 1 / Table 6 protocol), and the encoder FLOP and wall-clock ratio (eq. 7, Fig. 8).
+"""KronSAE on SmolLM2-135M activations: the mAND ablation (arXiv 2505.22255 Table 1) at two budgets,
+and KronSAE vs TopK at equal tokens, equal FLOPs and equal time (Fig. 1 / Table 6 protocol, eq. 7).
 
-Scaled down for a CPU: residual stream after model.layers.10 (d = 576) on the fortunes corpus,
-F = 4 d = 2304, k = 32, Adam lr 8e-4 (the paper's), batch 256, a few hundred steps. Iso-FLOP:
-KronSAE gets tokens_TopK * FLOPs_TopK / FLOPs_Kron tokens (arXiv 2505.22255, eq. 7). FVU is the
-pooled variant on a held-out 10% of the tokens; the paper reports EV = 1 - FVU (legacy variant in
-its code), on Qwen-2.5-1.5B with 125M-2B tokens, so only the ordering is comparable.
+Scaled down for a CPU: residual stream after model.layers.10 (d = 576) on the Shakespeare corpus,
+F = 8 d = 4608, k = 32, batch 512, the paper's schedule (App. A.1: AdamW lr 8e-4, linear warmup
+over the first 10% of steps, cosine to 1e-6), every token seen once, dead window 10% of the run,
+3 seeds. FVU is pooled, on a held-out 10% of the tokens; EV = 1 - FVU.
 
-KronSAE trains and encodes through its sparse path (`hubsae.ops.kron`: TopK through the head
-maxima, k-sparse decode and backward), so wall-clock follows the FLOPs: the iso-FLOP table gives
-both "equal FLOPs" (the token budgets) and "equal time" (train s and its ratio to TopK), and the
-cost table gives the encoder and the whole training step (forward + backward + Adam) against TopK.
+Iso-FLOP: KronSAE gets tokens_TopK * FLOPs_TopK / FLOPs_Kron tokens (eq. 7), with its own full
+schedule. Each run also records a learning curve (held-out EV against tokens and against its own
+training seconds), so "equal time" is read off the curves at TopK's final training time.
 
-Run: .venv/bin/python benchmarks/reproduce/kron_smollm2.py [--steps 400]
+Run: nice -n 10 .venv/bin/python benchmarks/reproduce/kron_smollm2.py [--only ablation|iso_flop] [--quick]
 """
 
 import argparse
+import json
+import logging
 import time
+from pathlib import Path
 
 import torch
-from common import fvu, mean_l0, scale_to_sqrt_d, smollm2_activations, split, table, train
+from common import Run, fvu, mean_l0, mean_sd, scale_to_sqrt_d, smollm2_activations, split, table, train
 
 import hubsae
 from hubsae.saes.kron import kron_flops, topk_flops
 
-D, F, K = 576, 2304, 32
+logger = logging.getLogger(__name__)
+D, K = 576, 32
+PAPER_TABLE1 = {"mand": "0.8445", "relu_prod": "0.8328", "raw_prod": "0.8297"}
+OUT = Path(__file__).resolve().parents[2] / "docs"
 
 
-def kron(m: int, n: int, composition: str = "mand") -> hubsae.KronSAE:
-    cfg = hubsae.KronSAEConfig(d_in=D, d_sae=F, k=K, num_heads=F // (m * n), m=m, n=n, composition=composition)
+def make(arch: str, d_sae: int, seed: int):
+    """'topk', or 'kron:m,n[:composition]'."""
+    torch.manual_seed(seed)
+    if arch == "topk":
+        return hubsae.TopKSAE(hubsae.TopKSAEConfig(d_in=D, d_sae=d_sae, k=K))
+    _, mn, *comp = arch.split(":")
+    m, n = map(int, mn.split(","))
+    cfg = hubsae.KronSAEConfig(
+        d_in=D, d_sae=d_sae, k=K, num_heads=d_sae // (m * n), m=m, n=n, composition=comp[0] if comp else "mand"
+    )
     return hubsae.KronSAE(cfg)
 
 
-def topk() -> hubsae.TopKSAE:
-    return hubsae.TopKSAE(hubsae.TopKSAEConfig(d_in=D, d_sae=F, k=K))
+def flop_ratio(arch: str, d_sae: int) -> float:
+    """FLOPs per token of `arch` over TopK's (eq. 7)."""
+    if arch == "topk":
+        return 1.0
+    m, n = map(int, arch.split(":")[1].split(","))
+    return kron_flops(D, d_sae // (m * n), m, n, K) / topk_flops(D, d_sae, K)
 
 
-def fit(sae, train_x, test_x, steps: int) -> tuple[float, float, float]:
-    torch.manual_seed(0)
-    seconds = train(sae, train_x, steps, batch=256, lr=8e-4)
-    return fvu(sae, test_x), mean_l0(sae, test_x), seconds
+_FITS: dict[tuple[str, int, int], Run] = {}
 
 
-def encoder_seconds(sae, x: torch.Tensor, reps: int = 20) -> float:
-    """Median wall-clock of the sparse encoder (`encode_sparse`: pre-activations + TopK) on one batch."""
-    times = []
-    with torch.no_grad():
-        for _ in range(reps):
-            start = time.perf_counter()
-            sae.encode_sparse(x)
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
-def step_seconds(sae, x: torch.Tensor, reps: int = 5) -> float:
-    """Median wall-clock of one training step (forward + backward + Adam) on one batch."""
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
-    sae.train()
-    times = []
-    for _ in range(reps + 1):
-        start = time.perf_counter()
-        sae(x).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    return sorted(times[1:])[reps // 2]
-
-
-def ablation(train_x, test_x, steps: int) -> None:
-    paper = {"mand": "0.8445", "relu_prod": "0.8328", "raw_prod": "0.8297"}
-    rows = []
-    for comp in ("mand", "relu_prod", "raw_prod"):
-        err, l0, _ = fit(kron(2, 4, comp), train_x, test_x, steps)
-        rows.append([comp, 1 - err, l0, paper[comp]])
-    print(f"\nmAND ablation, (m,n,h)=(2,4,{F // 8}), {steps * 256} tokens each")
-    print(table(rows, ["composition", "EV ours (test)", "L0", "paper EV, Table 1 (F=65k, m=2,n=4)"]))
-
-
-def iso_flop(train_x, test_x, steps: int) -> None:
-    rows = []
-    base = topk_flops(D, F, K)
-    err, l0, topk_sec = fit(topk(), train_x, test_x, steps)
-    rows.append(["TopK", steps * 256, 1.0, 1 - err, l0, topk_sec, 1.0])
-    for m, n in ((2, 4), (4, 4)):
-        ratio = base / kron_flops(D, F // (m * n), m, n, K)
-        kron_steps = round(steps * ratio)
-        err, l0, sec = fit(kron(m, n), train_x, test_x, kron_steps)
-        rows.append(
-            [f"Kron m={m},n={n},h={F // (m * n)}", kron_steps * 256, 1 / ratio, 1 - err, l0, sec, sec / topk_sec]
+def fit(arch: str, tokens: int, seed: int, data, args, points: int = 8) -> Run:
+    """One run (memoized: the ablation's mAND arm is the iso-FLOP table's equal-tokens Kron (2,4))."""
+    key = (arch.removesuffix(":mand"), tokens, seed)
+    if key not in _FITS:
+        train_x, test_x, curve_x = data
+        sae = make(arch, args.d_sae, seed)
+        marks = [tokens * (i + 1) // points for i in range(points)]
+        run = train(sae, train_x, tokens, batch=args.batch, seed=seed, curve_at=marks, curve_data=curve_x)
+        run.ev, run.l0 = 1 - fvu(sae, test_x), mean_l0(sae, test_x)
+        logger.info(
+            "%s %d tokens seed %d: EV %.4f, alive %.3f, %.0f s", arch, tokens, seed, run.ev, run.alive, run.seconds
         )
-    print(f"\nKronSAE vs TopK at equal FLOPs (TopK: {steps * 256} tokens; wall-clock on the sparse Kron path)")
-    heads = ["SAE", "tokens", "FLOPs/token vs TopK", "EV ours (test)", "L0", "train s", "train time vs TopK"]
-    print(table(rows, heads))
-    print("paper (Table 6, Qwen-1.5B, l0=32/50): TopK 0.809/0.837, KronSAE 0.814/0.840; Fig. 1: on par at iso-FLOPs")
+        _FITS[key] = run
+    return _FITS[key]
 
 
-def encoder_cost() -> None:
+def ablation(data, args, results: dict) -> None:
+    for tokens in args.ablation_tokens:
+        rows = []
+        for comp in ("mand", "relu_prod", "raw_prod"):
+            runs = [fit(f"kron:2,4:{comp}", tokens, s, data, args) for s in args.seeds]
+            results[f"ablation/{comp}/{tokens}"] = [r.__dict__ for r in runs]
+            evs = [r.ev for r in runs]
+            alive = [r.alive for r in runs]
+            rows.append([comp, mean_sd(evs), " ".join(f"{v:.4f}" for v in evs), mean_sd(alive), PAPER_TABLE1[comp]])
+        print(f"\nmAND ablation, (m,n,h) = (2,4,{args.d_sae // 8}), {tokens:,} tokens, seeds {args.seeds}")
+        heads = ["composition", "EV (mean ± sd)", "per seed", "alive", "paper EV, Table 1 (F=65k, (2,4,8192))"]
+        print(table(rows, heads))
+
+
+def iso_flop(data, args, results: dict) -> None:
+    base = args.topk_tokens
+    arms = [("topk", base)]
+    for arch in ("kron:2,4", "kron:4,4"):
+        arms += [(arch, base), (arch, round(base / flop_ratio(arch, args.d_sae)))]
     rows = []
-    x = torch.randn(1024, D)
-    for d_sae in (F, 16384):
-        ref = hubsae.TopKSAE(hubsae.TopKSAEConfig(d_in=D, d_sae=d_sae, k=K))
-        t_topk, step_topk = encoder_seconds(ref, x), step_seconds(ref, x)
-        for m, n in ((2, 4), (4, 4), (4, 8)):
-            h = d_sae // (m * n)
-            sae = hubsae.KronSAE(hubsae.KronSAEConfig(d_in=D, d_sae=d_sae, k=K, num_heads=h, m=m, n=n))
-            t, step = encoder_seconds(sae, x), step_seconds(sae, x)
-            flop_ratio = (kron_flops(D, h, m, n, K) - K * D) / (topk_flops(D, d_sae, K) - K * D)
-            rows.append([d_sae, f"({m},{n},{h})", flop_ratio, t / t_topk, step / step_topk])
-    print("\ncost vs TopK (batch 1024, CPU; encoder: median of 20, train step fwd+bwd+Adam: median of 5)")
-    heads = ["F", "(m,n,h)", "encoder FLOP ratio (eq. 7)", "encoder wall-clock ratio", "train-step wall-clock ratio"]
-    print(table(rows, heads))
-    print("paper: FLOP ratio 0.75 for (2,4,h), 0.5 for (4,4,h), 0.375 for (4,8,h) (App. A.2); Fig. 8: faster fwd+bwd")
+    for arch, tokens in arms:
+        runs = [fit(arch, tokens, s, data, args) for s in args.seeds]
+        results[f"iso/{arch}/{tokens}"] = [r.__dict__ for r in runs]
+        evs = [r.ev for r in runs]
+        secs = [r.seconds for r in runs]
+        budget = "equal tokens" if tokens == base else "equal FLOPs"
+        rows.append([arch, budget, f"{tokens:,}", flop_ratio(arch, args.d_sae), mean_sd(evs), mean_sd(secs, 0)])
+    print(f"\nKronSAE vs TopK (TopK: {base:,} tokens), F = {args.d_sae}, k = {K}, seeds {args.seeds}")
+    print(table(rows, ["SAE", "budget", "tokens", "FLOPs/token vs TopK", "EV (mean ± sd)", "train s"]))
+    print(equal_time(results, base, args))
+    plot_curves(results, base, args)
+
+
+def interpolate(curve: list, seconds: float) -> float | None:
+    """EV at `seconds` of training on a learning curve [(tokens, seconds, EV)], None past its end."""
+    prev = (0, 0.0, None)
+    for point in curve:
+        if point[1] >= seconds:
+            if prev[2] is None:
+                return None
+            w = (seconds - prev[1]) / (point[1] - prev[1])
+            return prev[2] + w * (point[2] - prev[2])
+        prev = point
+    return None
+
+
+def equal_time(results: dict, base: int, args) -> str:
+    """At TopK's final training time (per seed), the EV of each longer KronSAE run's curve."""
+    topk = results[f"iso/topk/{base}"]
+    rows = []
+    for key, runs in results.items():
+        if not key.startswith("iso/kron") or key.endswith(f"/{base}"):
+            continue
+        evs = [interpolate(r["curve"], t["seconds"]) for r, t in zip(runs, topk, strict=True)]
+        got = [e for e in evs if e is not None]
+        ev = mean_sd(got) if len(got) == len(evs) else "run ended before TopK's time"
+        rows.append([key.split("/")[1], ev, mean_sd([t["curve"][-1][2] for t in topk])])
+    return "\nequal time (EV on each Kron curve at TopK's own final train seconds, per seed)\n" + table(
+        rows, ["SAE", "EV at TopK's time (8,192 held-out rows)", "TopK final EV (same rows)"]
+    )
+
+
+def plot_curves(results: dict, base: int, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key, runs in results.items():
+        if not key.startswith("iso/") or (key.startswith("iso/kron") and key.endswith(f"/{base}")):
+            continue
+        label = key.split("/")[1]
+        for i, r in enumerate(runs):
+            tokens, seconds, ev = zip(*r["curve"], strict=True)
+            color = {"topk": "C0", "kron:2,4": "C1", "kron:4,4": "C2"}[label]
+            axes[0].plot(tokens, ev, color=color, alpha=0.7, label=label if i == 0 else None)
+            axes[1].plot(seconds, ev, color=color, alpha=0.7, label=label if i == 0 else None)
+    for ax, xlabel in zip(axes, ("training tokens", "training seconds (1 CPU thread)"), strict=True):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("held-out EV")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"SmolLM2-135M L10, F={args.d_sae}, k={K}: iso-FLOP runs (each its own cosine schedule)")
+    fig.tight_layout()
+    path = args.out / "kron_iso_flop.png"
+    fig.savefig(path, dpi=110)
+    logger.info("wrote %s", path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400, help="TopK's steps (batch 256); others scale from it")
-    parser.add_argument("--tokens", type=int, default=60000)
-    parser.add_argument("--only", choices=["ablation", "iso_flop", "encoder"], default=None)
+    parser.add_argument("--only", choices=["ablation", "iso_flop"], default=None)
+    parser.add_argument("--quick", action="store_true", help="a tiny smoke run (20k cached tokens, F 576, 1 seed)")
+    parser.add_argument("--out", type=Path, default=OUT / "reproductions")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.quick:
+        n_tokens, args.d_sae, args.batch, args.seeds = 20_000, 576, 256, [0]
+        args.ablation_tokens, args.topk_tokens = [4096], 4096
+    else:
+        n_tokens, args.d_sae, args.batch, args.seeds = 240_000, 4608, 512, [0, 1, 2]
+        args.ablation_tokens, args.topk_tokens = [51_200, 204_800], 102_400
+    args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if args.only in (None, "encoder"):
-        encoder_cost()
-    if args.only != "encoder":
-        train_x, test_x = scale_to_sqrt_d(*split(smollm2_activations(10, args.tokens)))
-        if args.only in (None, "ablation"):
-            ablation(train_x, test_x, args.steps)
-        if args.only in (None, "iso_flop"):
-            iso_flop(train_x, test_x, args.steps)
+    train_x, test_x = scale_to_sqrt_d(*split(smollm2_activations(n_tokens)))
+    data = (train_x, test_x, test_x[:8192])
+    results: dict = {}
+    if args.only in (None, "ablation"):
+        ablation(data, args, results)
+    if args.only in (None, "iso_flop"):
+        iso_flop(data, args, results)
+    name = "quick" if args.quick else (args.only or "all")
+    (args.out / f"kron_smollm2_{name}.json").write_text(json.dumps(results))
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 
