@@ -9,7 +9,8 @@ autointerp), run on any Hugging Face model through hubsae's hooks:
    stratified by activation (delphi's quantile sampling), and random windows on which it does not
    fire at all (non-activating, for the scorers).
 2. `explain_latent`: the explainer reads top + sampled contexts with the firing tokens marked
-   `<<like this>>` (tokens >= `highlight_threshold` x the context's maximum, delphi's 0.3) and
+   `<<like this>>` (tokens >= `highlight_threshold` x the context's maximum, delphi's 0.3), each
+   followed by delphi's list of the marked tokens with their activations on a 1..10 scale, and
    writes one short explanation.
 3. Scorers, on held-out activating contexts and the non-activating ones, a few per prompt:
    detection (is the latent active in this context, given the explanation?) and fuzzing (are the
@@ -43,7 +44,14 @@ from ..hooks.capture import capture
 from ..hooks.hookpoints import resolve_hookpoint
 from ..saes.base import SAE
 from .autointerp_backends import ChatBackend, TransformersChat
-from .autointerp_prompts import explain_messages, mark_tokens, parse_explanation, parse_labels, score_messages
+from .autointerp_prompts import (
+    activation_line,
+    explain_messages,
+    mark_tokens,
+    parse_explanation,
+    parse_labels,
+    score_messages,
+)
 from .autointerp_result import SCORERS, AutointerpResult, LatentInterpretation, ScoreResult
 from .browser import token_strings
 from .examples import TopActivations
@@ -252,8 +260,10 @@ def _stratified(pool: list[dict], config: AutointerpConfig, rng: random.Random) 
 
 def explain_latent(backend: ChatBackend, contexts: LatentContexts, config: AutointerpConfig) -> tuple[str, str]:
     """(explanation, the explainer's raw answer) from the latent's explainer contexts, firing tokens marked."""
-    excerpts = [mark_tokens(c.tokens, c.marks(config.highlight_threshold)) for c in contexts.explain]
-    raw = backend.chat(explain_messages(excerpts), config.max_tokens_explanation, 0.0)
+    marks = [c.marks(config.highlight_threshold) for c in contexts.explain]
+    excerpts = [mark_tokens(c.tokens, m) for c, m in zip(contexts.explain, marks, strict=True)]
+    lines = [activation_line(c.tokens, c.acts, m) for c, m in zip(contexts.explain, marks, strict=True)]
+    raw = backend.chat(explain_messages(excerpts, lines), config.max_tokens_explanation, 0.0)
     explanation = parse_explanation(raw)
     if not explanation:
         logger.warning("latent %d: no explanation in the explainer's answer %r", contexts.latent, raw[:200])

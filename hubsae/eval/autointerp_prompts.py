@@ -2,12 +2,14 @@
 
 Contexts are shown as delphi and SAEBench show them: the tokens a latent fires on between `<<` and
 `>>` (consecutive marked tokens share one pair), newlines as "↵" (Paulo et al., arXiv 2410.13928,
-Sec. 3; Karvonen et al., arXiv 2503.09532, autointerp). The explainer answers with one line
+Sec. 3; Karvonen et al., arXiv 2503.09532, autointerp), and the explainer also gets delphi's list of
+marked tokens with their activations on a 1..10 scale. The explainer answers with one line
 `Explanation: ...`; a scorer answers with a list of 0/1, one per numbered example (delphi's format).
 Answers are read leniently (also yes/no per example and SAEBench's list of example numbers);
 whatever cannot be read is returned as None, so the caller counts it instead of guessing.
 """
 
+import math
 import re
 from collections.abc import Sequence
 
@@ -16,16 +18,12 @@ Messages = list[dict[str, str]]
 EXPLAIN_SYSTEM = (
     "You study one latent of a neural network's sparse autoencoder. The latent responds to particular "
     "words, word pieces or ideas in text. You get numbered text excerpts on which it is active; the "
-    "tokens where it fires are between << and >>. Say in one short phrase (at most 15 words) what the "
-    "latent responds to. Do not mention the << >> marks, quote no whole excerpt, give no list of guesses. "
+    "tokens where it fires are between << and >>, and after each excerpt its activations on them are "
+    "listed from 1 to 10. Say in one short phrase (at most 15 words) what the latent responds to. Do not "
+    "mention the << >> marks, quote no whole excerpt, give no list of guesses. "
     "Answer with one line: Explanation: <your phrase>"
 )
-EXPLAIN_SHOT = (
-    "Example 1: the ship sailed into the <<harbour>> at dawn↵\n"
-    "Example 2: fishing boats crowded the old <<port>> every morning\n"
-    "Example 3: cargo was unloaded at the <<docks>> before noon",
-    "Explanation: places where ships and boats moor",
-)
+EXPLAIN_QUESTION = "What does the latent respond to? Answer with one line: Explanation: <your phrase>"
 
 DETECT_SYSTEM = (
     "You test an explanation of a neural network latent. You get the explanation and numbered text "
@@ -33,14 +31,6 @@ DETECT_SYSTEM = (
     "the explanation: 1 if it is, 0 if it is not. Answer with a Python list of 0s and 1s, one per "
     "excerpt, in order, and nothing else."
 )
-DETECT_SHOT = (
-    "Explanation: places where ships and boats moor\n\n"
-    "Example 1: we waited at the harbour for the ferry\n"
-    "Example 2: the recipe needs two cups of flour\n"
-    "Example 3: the yacht left the marina at noon",
-    "[1, 0, 1]",
-)
-
 FUZZ_SYSTEM = (
     "You test an explanation of a neural network latent. You get the explanation and numbered text "
     "excerpts in which some tokens are marked between << and >>. Some excerpts are marked correctly "
@@ -48,13 +38,18 @@ FUZZ_SYSTEM = (
     "excerpt answer 1 if every marked token fits the explanation, 0 if the marks are wrong. Answer "
     "with a Python list of 0s and 1s, one per excerpt, in order, and nothing else."
 )
-FUZZ_SHOT = (
-    "Explanation: places where ships and boats moor\n\n"
-    "Example 1: we waited at the <<harbour>> for the ferry\n"
-    "Example 2: the recipe <<needs>> two cups of flour\n"
-    "Example 3: the yacht left the <<marina>> at noon",
-    "[1, 0, 1]",
-)
+SHOT_EXPLANATION = "places where ships and boats moor"
+# the worked example of each scorer: (excerpt, answer); a prompt shows as many as it has excerpts (at most 3)
+DETECT_SHOT = [
+    ("we waited at the harbour for the ferry", 1),
+    ("the recipe needs two cups of flour", 0),
+    ("the yacht left the marina at noon", 1),
+]
+FUZZ_SHOT = [
+    ("we waited at the <<harbour>> for the ferry", 1),
+    ("the recipe <<needs>> two cups of flour", 0),
+    ("the yacht left the <<marina>> at noon", 1),
+]
 
 
 def mark_tokens(tokens: Sequence[str], marked: Sequence[bool]) -> str:
@@ -76,23 +71,41 @@ def numbered(excerpts: Sequence[str]) -> str:
     return "\n".join(f"Example {i}: {text}" for i, text in enumerate(excerpts, start=1))
 
 
-def explain_messages(excerpts: Sequence[str]) -> Messages:
-    """The explainer's chat: system rules, one worked example, then the latent's marked excerpts."""
+def activation_line(tokens: Sequence[str], acts: Sequence[float], marked: Sequence[bool]) -> str:
+    """delphi's line after an excerpt: each marked token with its activation scaled to 1..10 of the
+    context's maximum, `Activations: ("tok", 10), ("en", 4)`."""
+    peak = max(acts, default=0.0)
+    pairs = [
+        f"({t.strip()!r}, {max(1, math.ceil(10 * a / peak))})"
+        for t, a, m in zip(tokens, acts, marked, strict=True)
+        if m
+    ]
+    return "Activations: " + ", ".join(pairs)
+
+
+def explain_messages(excerpts: Sequence[str], activations: Sequence[str] | None = None) -> Messages:
+    """The explainer's chat: the rules, then the latent's marked excerpts, each followed by its
+    `activation_line` when given. No worked example: SmolLM2-135M copies one into its answer."""
+    lines = []
+    for i, text in enumerate(excerpts, start=1):
+        lines.append(f"Example {i}: {text}")
+        if activations is not None:
+            lines.append(activations[i - 1])
     return [
         {"role": "system", "content": EXPLAIN_SYSTEM},
-        {"role": "user", "content": EXPLAIN_SHOT[0]},
-        {"role": "assistant", "content": EXPLAIN_SHOT[1]},
-        {"role": "user", "content": numbered(excerpts)},
+        {"role": "user", "content": "\n".join(lines) + "\n\n" + EXPLAIN_QUESTION},
     ]
 
 
 def score_messages(kind: str, explanation: str, excerpts: Sequence[str]) -> Messages:
-    """A scorer's chat (`kind` "detection": plain excerpts, "fuzzing": marked excerpts)."""
+    """A scorer's chat (`kind` "detection": plain excerpts, "fuzzing": marked excerpts): the rules, a
+    worked example with as many excerpts as this prompt has (up to 3), then the explanation and excerpts."""
     system, shot = {"detection": (DETECT_SYSTEM, DETECT_SHOT), "fuzzing": (FUZZ_SYSTEM, FUZZ_SHOT)}[kind]
+    shot = shot[: max(1, min(len(excerpts), len(shot)))]
     return [
         {"role": "system", "content": system},
-        {"role": "user", "content": shot[0]},
-        {"role": "assistant", "content": shot[1]},
+        {"role": "user", "content": f"Explanation: {SHOT_EXPLANATION}\n\n{numbered([t for t, _ in shot])}"},
+        {"role": "assistant", "content": str([label for _, label in shot])},
         {"role": "user", "content": f"Explanation: {explanation}\n\n{numbered(excerpts)}"},
     ]
 

@@ -34,6 +34,7 @@ from hubsae.eval.autointerp_prompts import (
     DETECT_SYSTEM,
     EXPLAIN_SYSTEM,
     FUZZ_SYSTEM,
+    activation_line,
     explain_messages,
     mark_tokens,
     parse_explanation,
@@ -146,12 +147,20 @@ def test_prompt_formatting():
     assert mark_tokens(["x", "y"], [True, True]) == "<<xy>>"
     with pytest.raises(ValueError, match="2 tokens but 1 marks"):
         mark_tokens(["x", "y"], [True])
-    msgs = explain_messages(["one <<two>>", "three"])
-    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
-    assert msgs[-1]["content"] == "Example 1: one <<two>>\nExample 2: three"
+    line = activation_line(["a", " b", "c"], [0.0, 2.0, 0.3], [False, True, True])
+    assert line == "Activations: ('b', 10), ('c', 2)"  # ceil(10 x 0.3 / 2) = 2
+    msgs = explain_messages(["one <<two>>", "three"], ["Activations: ('two', 10)", "Activations: "])
+    assert [m["role"] for m in msgs] == ["system", "user"] and msgs[0]["content"] == EXPLAIN_SYSTEM
+    assert msgs[-1]["content"].startswith(
+        "Example 1: one <<two>>\nActivations: ('two', 10)\nExample 2: three\nActivations: \n\nWhat does"
+    )
     msgs = score_messages("fuzzing", "the token x", ["a <<b>>"])
     assert msgs[0]["content"] == FUZZ_SYSTEM and msgs[-1]["content"] == "Explanation: the token x\n\nExample 1: a <<b>>"
-    assert score_messages("detection", "e", ["a"])[0]["content"] == DETECT_SYSTEM
+    # the worked example has as many excerpts as the prompt (so a one-excerpt prompt shows a one-item answer)
+    assert msgs[2] == {"role": "assistant", "content": "[1]"}
+    msgs = score_messages("detection", "e", ["a", "b", "c", "d", "e"])
+    assert msgs[0]["content"] == DETECT_SYSTEM and msgs[2]["content"] == "[1, 0, 1]"
+    assert msgs[1]["content"].count("Example ") == 3
 
 
 def test_scorer_samples_mark_what_delphi_marks():
