@@ -7,10 +7,19 @@ its penalties in `losses`, and calls `register` at the bottom of its file. The b
 with a faster training path overrides `reconstruct` (TopK, KronSAE), not `forward`.
 
 Parameter vocabulary (the same in every architecture, so readers of other formats are renames):
-`W_enc (d_in, d_sae)`, `b_enc (d_sae,)`, `W_dec (d_sae, d_in)`, `b_dec (d_in,)`.
+`W_enc (d_in, d_sae)`, `b_enc (d_sae,)`, `W_dec (d_sae, d_out)`, `b_dec (d_out,)`, and for a skip
+transcoder `W_skip (d_in, d_out)`.
+
+Read -> write: every SAE reads the activation at `hookpoint` and writes a prediction of the one at
+`hookpoint_out` (the same place for an ordinary SAE). A transcoder (Dunefsky et al., arXiv 2406.11944)
+reads a sublayer's input and predicts its output; a skip transcoder (Paulo et al., arXiv 2501.18823)
+adds an affine term: y_hat = f W_dec + b_dec + x W_skip. Any architecture is either: `forward(x,
+target=y)` trains it against y, and the architecture only sees the target it must reconstruct
+(y minus the skip term), so none of them has transcoder-specific code.
 """
 
 import importlib
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,14 +56,19 @@ class SAEConfig(PreTrainedConfig):
         d_in: width of the activation the SAE reads.
         d_sae: number of latents (dictionary size, F).
         hookpoint: module path in the base model where the SAE reads, e.g. `model.layers.6`.
-        hookpoint_out: where a transcoder writes; None for an ordinary SAE.
+        hookpoint_out: where a transcoder writes; None for an ordinary SAE (it writes where it reads).
+        d_out: width of the activation written (W_dec's columns); None means d_in.
+        skip_connection: add the affine skip term x W_skip to the output (a skip transcoder).
         base_model_name_or_path: the model the SAE was trained on.
         normalize_decoder: keep decoder rows at unit norm during training.
         input_norm: "none"; "scale" multiplies inputs by `input_scale` (the reconstruction is
             divided by it again); "token" standardizes each token (mean 0, unit norm) and undoes it.
         input_scale: the fixed factor for `input_norm="scale"` (set by the trainer so that the
             mean activation norm is sqrt(d_in)).
-        subtract_b_dec: subtract b_dec from the input before encoding (the "b_pre" of Gao et al.).
+        output_scale: the factor of the written activation under `input_norm="scale"` (the output is
+            divided by it); None means input_scale, as for an SAE, which writes what it reads.
+        subtract_b_dec: subtract b_dec from the input before encoding (the "b_pre" of Gao et al.); an
+            ordinary SAE only, since a transcoder's b_dec lives at the write point.
         check_finite: raise on NaN/Inf inputs instead of returning garbage features.
 
     Loading is strict: a config.json must hold every field except those in
@@ -62,15 +76,22 @@ class SAEConfig(PreTrainedConfig):
     """
 
     model_type = "hubsae"
-    defaults_safe_when_missing = ("hookpoint", "hookpoint_out", "base_model_name_or_path", "check_finite")
+    # d_out, skip_connection and output_scale default to what files written before them meant
+    defaults_safe_when_missing = (
+        "hookpoint", "hookpoint_out", "base_model_name_or_path", "check_finite", "d_out", "skip_connection",
+        "output_scale",
+    )  # fmt: skip
     d_in: int = 64
     d_sae: int = 256
     hookpoint: str | None = None
     hookpoint_out: str | None = None
+    d_out: int | None = None
+    skip_connection: bool = False
     base_model_name_or_path: str | None = None
     normalize_decoder: bool = True
     input_norm: str = "none"
     input_scale: float = 1.0
+    output_scale: float | None = None
     subtract_b_dec: bool = True
     check_finite: bool = True
 
@@ -79,8 +100,40 @@ class SAEConfig(PreTrainedConfig):
             raise ValueError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
         if self.input_norm not in INPUT_NORMS:
             raise ValueError(f"input_norm={self.input_norm!r} is not one of {INPUT_NORMS}")
-        if not (math.isfinite(self.input_scale) and self.input_scale > 0):
-            raise ValueError(f"input_scale must be a positive finite number, got {self.input_scale}")
+        for name in ("input_scale", "output_scale"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {value}")
+        if self.d_out is not None and self.d_out <= 0:
+            raise ValueError(f"d_out must be positive (or None for d_in), got {self.d_out}")
+
+    def validate_transcoder(self):
+        if self.is_transcoder and self.subtract_b_dec:
+            raise ValueError(
+                f"subtract_b_dec=True on a transcoder (reads {self.hookpoint!r}, writes {self.hookpoint_out!r}, "
+                f"d_out={self.resolved_d_out}, skip_connection={self.skip_connection}): b_dec is the bias of the "
+                "written activation, not of the input; set subtract_b_dec=False"
+            )
+
+    @property
+    def resolved_d_out(self) -> int:
+        """Width of the written activation: d_out, or d_in for an SAE."""
+        return self.d_out if self.d_out is not None else self.d_in
+
+    @property
+    def is_transcoder(self) -> bool:
+        """Whether this SAE writes something other than what it reads (another place, width, or a skip term)."""
+        elsewhere = self.hookpoint_out is not None and self.hookpoint_out != self.hookpoint
+        return elsewhere or self.skip_connection or self.resolved_d_out != self.d_in
+
+    @property
+    def write_hookpoint(self) -> str | None:
+        """Where the output goes: hookpoint_out, or the hookpoint read."""
+        return self.hookpoint_out or self.hookpoint
+
+    @property
+    def resolved_output_scale(self) -> float:
+        return self.output_scale if self.output_scale is not None else self.input_scale
 
     def loss_weights(self) -> dict[str, float]:
         """Coefficient of each named loss in `SAEOutput.losses` (summed by `sparse.weighted_loss`)."""
@@ -150,8 +203,10 @@ class SAE(PreTrainedModel):
         super().__init__(config)
         self.W_enc = nn.Parameter(torch.empty(config.d_in, config.encoder_width))
         self.b_enc = nn.Parameter(torch.empty(config.encoder_width))
-        self.W_dec = nn.Parameter(torch.empty(config.d_sae, config.d_in))
-        self.b_dec = nn.Parameter(torch.empty(config.d_in))
+        self.W_dec = nn.Parameter(torch.empty(config.d_sae, config.resolved_d_out))
+        self.b_dec = nn.Parameter(torch.empty(config.resolved_d_out))
+        if config.skip_connection:
+            self.W_skip = nn.Parameter(torch.empty(config.d_in, config.resolved_d_out))
         self.add_parameters(config)
         self.post_init()
 
@@ -160,14 +215,22 @@ class SAE(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Unit-norm random decoder rows, encoder = decoder transpose, zero biases (Gao et al.)."""
+        """Unit-norm random decoder rows, encoder = decoder transpose, zero biases (Gao et al.). A transcoder
+        whose input and output widths differ gets its own unit-norm random encoder columns; W_skip starts
+        at zero (sparsify's skip transcoder)."""
         if module is not self:
             return
         init.normal_(self.W_dec)
         init.copy_(self.W_dec, self.W_dec / self.W_dec.norm(dim=-1, keepdim=True) * self._decoder_init_norm())
-        init.copy_(self.W_enc, self.W_dec.t())
+        if self.W_enc.shape == self.W_dec.t().shape:
+            init.copy_(self.W_enc, self.W_dec.t())
+        else:
+            init.normal_(self.W_enc)
+            init.copy_(self.W_enc, self.W_enc / self.W_enc.norm(dim=0, keepdim=True) * self._decoder_init_norm())
         init.zeros_(self.b_enc)
         init.zeros_(self.b_dec)
+        if self.config.skip_connection:
+            init.zeros_(self.W_skip)
 
     def _decoder_init_norm(self) -> float:
         return 1.0
@@ -266,9 +329,18 @@ class SAE(PreTrainedModel):
             return centered / norm, (mean, norm)
         return x, None
 
+    def normalize_target(self, y: Tensor, stats: tuple[Tensor, Tensor] | None) -> Tensor:
+        """The written activation in the units the SAE computes in: the inverse of `denormalize`."""
+        if self.config.input_norm == "scale":
+            return y * self.config.resolved_output_scale
+        if self.config.input_norm == "token" and stats is not None:
+            mean, norm = stats
+            return (y - mean) / norm
+        return y
+
     def denormalize(self, x_hat: Tensor, stats: tuple[Tensor, Tensor] | None) -> Tensor:
         if self.config.input_norm == "scale":
-            return x_hat / self.config.input_scale
+            return x_hat / self.config.resolved_output_scale
         if self.config.input_norm == "token" and stats is not None:
             mean, norm = stats
             return x_hat * norm + mean
@@ -306,10 +378,16 @@ class SAE(PreTrainedModel):
         `encode(x)`. This default reads the dense features; sparse architectures compute it directly."""
         return SparseCode.from_dense(self.encode(x))
 
-    def decode(self, features: Tensor) -> Tensor:
-        """Reconstruction in the input's units: (..., d_sae) -> (..., d_in).
+    def skip_term(self, x: Tensor) -> Tensor | None:
+        """x W_skip of a normalized input (..., d_in) -> (..., d_out); None without a skip connection."""
+        return x @ self.W_skip if self.config.skip_connection else None
 
-        With `input_norm="token"` the per-token statistics are not known here; use `forward`.
+    def decode(self, features: Tensor) -> Tensor:
+        """Reconstruction in the written activation's units: (..., d_sae) -> (..., d_out).
+
+        With `input_norm="token"` the per-token statistics are not known here; use `forward`. A skip
+        transcoder's output also has the skip term of its input, which features alone do not give:
+        `forward` adds it.
         """
         return self.denormalize(self._decode_normalized(features), None)
 
@@ -324,34 +402,67 @@ class SAE(PreTrainedModel):
         return self.denormalize(decode_rows(indices, values, self.W_dec) + self.b_dec, None)
 
     def forward(
-        self, hidden_states: Tensor, compute_losses: bool | None = None, dense_features: bool = True, **loss_kwargs
+        self,
+        hidden_states: Tensor,
+        target: Tensor | None = None,
+        compute_losses: bool | None = None,
+        dense_features: bool = True,
+        **loss_kwargs,
     ) -> SAEOutput:
         """Encode and decode. Losses are computed in training mode or when `compute_losses=True`.
 
-        `loss_kwargs` go to `losses` (e.g. `dead_mask` for AuxK). `dense_features=False` lets a sparse
-        path skip the (..., d_sae) features (`SAEOutput.code` holds them): the trainer's setting, since
-        filling an (N, d_sae) tensor costs more than KronSAE's whole encoder at large d_sae.
+        `target` is the activation to predict (..., d_out): the one at `hookpoint_out` for a transcoder
+        (required for its losses); None means the input itself (an SAE). `loss_kwargs` go to `losses`
+        (e.g. `dead_mask` for AuxK). `dense_features=False` lets a sparse path skip the (..., d_sae)
+        features (`SAEOutput.code` holds them): the trainer's setting, since filling an (N, d_sae)
+        tensor costs more than KronSAE's whole encoder at large d_sae.
         """
         self.check_input(hidden_states)
         x, stats = self.normalize_input(hidden_states)
         wants_losses = compute_losses if compute_losses is not None else self.training
-        x_hat, features, losses = self.reconstruct(x, wants_losses, **loss_kwargs)
+        skip = self.skip_term(x)
+        aim = self._architecture_target(hidden_states, target, stats, skip, wants_losses)
+        extra = {} if aim is None else {"target": aim}
+        x_hat, features, losses = self.reconstruct(x, wants_losses, **extra, **loss_kwargs)
         code = features if isinstance(features, SparseCode) else None
         if code is not None:
             features = code.to_dense(self.config.d_sae) if dense_features else None
         loss = weighted_loss(losses, self.config.loss_weights()) if losses is not None else None
-        x_hat = self.denormalize(x_hat, stats)
+        x_hat = self.denormalize(x_hat if skip is None else x_hat + skip, stats)
         return SAEOutput(reconstruction=x_hat, features=features, loss=loss, losses=losses, code=code)
 
+    def _architecture_target(self, x: Tensor, target: Tensor | None, stats, skip: Tensor | None, wants_losses: bool):
+        """What the architecture's own decoder must reconstruct, in its units: the normalized target minus
+        the skip term (so its MSE is the whole output's); None when that is the input itself."""
+        if target is None:
+            if wants_losses and self.config.is_transcoder:
+                raise ValueError(
+                    f"{type(self).__name__} is a transcoder (writes {self.config.write_hookpoint!r}): its losses "
+                    "need the written activation, forward(x, target=y)"
+                )
+            return None
+        want = (*x.shape[:-1], self.config.resolved_d_out)
+        if tuple(target.shape) != want:
+            raise ValueError(f"target has shape {tuple(target.shape)}, expected {want} (the input's tokens, d_out)")
+        self.check_dtype(target)
+        if not _takes_target(type(self)):
+            raise NotImplementedError(
+                f"{type(self).__name__}.reconstruct takes no target=, so it cannot be trained as a transcoder yet"
+            )
+        aim = self.normalize_target(target, stats)
+        return aim if skip is None else aim - skip
+
     def reconstruct(
-        self, x: Tensor, wants_losses: bool, **loss_kwargs
+        self, x: Tensor, wants_losses: bool, target: Tensor | None = None, **loss_kwargs
     ) -> tuple[Tensor, Tensor | SparseCode, dict | None]:
         """(x_hat, features, named losses or None) of a normalized input: the dense reference path.
-        A sparse path may return its features as a (detached) `SparseCode`."""
+        A sparse path may return its features as a (detached) `SparseCode`. `target` (normalized, skip
+        term removed) is what the losses compare x_hat with; None means x."""
         pre = self.pre_acts(x)
         features = self.activation(pre)
         x_hat = self._decode_normalized(features)
-        losses = self.losses(x, pre, features, x_hat, **loss_kwargs) if wants_losses else None
+        aim = x if target is None else target
+        losses = self.losses(aim, pre, features, x_hat, **loss_kwargs) if wants_losses else None
         return x_hat, features, losses
 
     # ---- decoder norm handling (called by the trainer around each optimizer step) -----------
@@ -369,6 +480,11 @@ class SAE(PreTrainedModel):
         unit = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).eps)
         parallel = (self.W_dec.grad * unit).sum(-1, keepdim=True)
         self.W_dec.grad.sub_(parallel * unit)
+
+
+def _takes_target(cls: type[SAE]) -> bool:
+    """Whether an architecture's `reconstruct` accepts the target (all in hubsae but KronSAE's, for now)."""
+    return "target" in inspect.signature(cls.reconstruct).parameters
 
 
 REGISTRY: dict[str, tuple[type[SAEConfig], type[SAE]]] = {}

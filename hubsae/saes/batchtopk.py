@@ -100,13 +100,14 @@ class BatchTopKSAE(SAE):
         """ "sparse" (the batch-wide selection of `hubsae.ops.SparseTopKCode`) in training, else "dense"."""
         return "sparse" if self.training and sparse_training_enabled() else "dense"
 
-    def reconstruct(self, x: Tensor, wants_losses: bool, **loss_kwargs):
+    def reconstruct(self, x: Tensor, wants_losses: bool, target: Tensor | None = None, **loss_kwargs):
         if wants_losses and self.training_path() == "sparse":
             announce_path(type(self).__name__, True)
-            x_hat, features, losses, kept = sparse_topk_reconstruct(self, x, True, loss_kwargs.get("dead_mask"))
+            dead = loss_kwargs.get("dead_mask")
+            x_hat, features, losses, kept = sparse_topk_reconstruct(self, x, True, dead, target)
             update_threshold(self.threshold, kept, threshold_weight(self))
             return x_hat, features, losses
-        return super().reconstruct(x, wants_losses, **loss_kwargs)
+        return super().reconstruct(x, wants_losses, target, **loss_kwargs)
 
 
 register(BatchTopKSAEConfig, BatchTopKSAE)

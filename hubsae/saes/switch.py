@@ -129,15 +129,16 @@ class SwitchSAE(SAE):
         frac = torch.bincount(expert, minlength=n_exp).to(probs.dtype) / expert.numel()
         return n_exp * (frac * probs.mean(0)).sum()
 
-    def reconstruct(self, x: Tensor, wants_losses: bool, **loss_kwargs):
+    def reconstruct(self, x: Tensor, wants_losses: bool, target: Tensor | None = None, **loss_kwargs):
         lead, flat = x.shape[:-1], x.reshape(-1, x.shape[-1])
+        aim = flat if target is None else target.reshape(flat.shape[0], -1)
         indices, values, probs, expert, pre_TE = self.sparse_code(flat)
         x_hat = decode_rows(indices, values, self.W_dec) + self.b_dec
         losses = None
         if wants_losses:
             pre = self._dense_pre(pre_TE, expert)
             dead = loss_kwargs.get("dead_mask")
-            losses = topk_losses(flat, pre, x_hat, dead, self.config.resolved_k_aux, self.W_dec)
+            losses = topk_losses(aim, pre, x_hat, dead, self.config.resolved_k_aux, self.W_dec)
             losses["load_balance"] = self.load_balance_loss(probs, expert)
         feats = SparseCode(indices, values).to_dense(self.config.d_sae)
         return x_hat.reshape(*lead, -1), feats.reshape(*lead, -1), losses

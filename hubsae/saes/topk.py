@@ -22,7 +22,8 @@ from .sparse import SparseCode, mse_loss, topk_code, topk_losses
 class TopKSAEConfig(SAEConfig):
     """Args:
     k: active latents per token.
-    k_aux: dead latents used by AuxK; None means d_in // 2 (dictionary_learning's default).
+    k_aux: dead latents used by AuxK; None means d_out // 2 (dictionary_learning's default: half
+        the reconstructed width).
     auxk_coefficient: weight of the AuxK loss (1/32 in the paper).
     """
 
@@ -42,7 +43,7 @@ class TopKSAEConfig(SAEConfig):
 
     @property
     def resolved_k_aux(self) -> int:
-        return min(self.k_aux or self.d_in // 2, self.d_sae)
+        return min(self.k_aux or self.resolved_d_out // 2, self.d_sae)
 
 
 class TopKSAE(SAE):
@@ -62,12 +63,13 @@ class TopKSAE(SAE):
         """ "sparse" when training forwards run `hubsae.ops.SparseTopKCode`, else "dense"."""
         return "sparse" if sparse_training_enabled() else "dense"
 
-    def reconstruct(self, x: Tensor, wants_losses: bool, **loss_kwargs):
+    def reconstruct(self, x: Tensor, wants_losses: bool, target: Tensor | None = None, **loss_kwargs):
         if wants_losses and self.training_path() == "sparse":
             announce_path(type(self).__name__, True)
-            x_hat, features, losses, _ = sparse_topk_reconstruct(self, x, False, loss_kwargs.get("dead_mask"))
+            dead = loss_kwargs.get("dead_mask")
+            x_hat, features, losses, _ = sparse_topk_reconstruct(self, x, False, dead, target)
             return x_hat, features, losses
-        return super().reconstruct(x, wants_losses, **loss_kwargs)
+        return super().reconstruct(x, wants_losses, target, **loss_kwargs)
 
 
 def per_token_topk(sae: SAE, x: Tensor) -> SparseCode:
@@ -77,17 +79,19 @@ def per_token_topk(sae: SAE, x: Tensor) -> SparseCode:
     return topk_code(sae.pre_acts(sae.normalize_input(x)[0]), sae.config.k)
 
 
-def sparse_topk_reconstruct(sae: SAE, x: Tensor, batch: bool, dead_mask: Tensor | None):
+def sparse_topk_reconstruct(sae: SAE, x: Tensor, batch: bool, dead_mask: Tensor | None, target: Tensor | None = None):
     """`SAE.reconstruct` with losses through `SparseTopKCode` (per-token TopK, or BatchTopK when `batch`):
-    the same values and gradients as the dense path. Returns (x_hat, features, losses, kept values)."""
+    the same values and gradients as the dense path; the losses compare with `target` (None: x).
+    Returns (x_hat, features, losses, kept values)."""
     cfg = sae.config
     lead, x_ND = x.shape[:-1], x.reshape(-1, x.shape[-1])
+    y_ND = x_ND if target is None else target.reshape(x_ND.shape[0], -1)
     b_dec = sae.b_dec if cfg.subtract_b_dec else None
     decoded_ND, aux_ND, feats_NF, kept = sparse_topk_code(
         x_ND, sae.W_enc, sae.b_enc, sae.W_dec, b_dec, cfg.k, batch, dead_mask, cfg.resolved_k_aux
     )
     x_hat_ND = decoded_ND + sae.b_dec
-    losses = {"mse": mse_loss(x_ND, x_hat_ND), "auxk": auxk_from_decoded(x_ND - x_hat_ND, aux_ND)}
+    losses = {"mse": mse_loss(y_ND, x_hat_ND), "auxk": auxk_from_decoded(y_ND - x_hat_ND, aux_ND)}
     return x_hat_ND.reshape(*lead, -1), feats_NF.reshape(*lead, -1), losses, kept
 
 
