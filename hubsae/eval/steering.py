@@ -1,7 +1,7 @@
 """Steering evaluation, AxBench-style and offline: does adding a feature make the model talk about
 its concept, and what does it cost in fluency?
 
-For each feature and strength, `steering_sweep` generates from a few prompts under `hubsae.steer`
+For each feature (or group of features steered together) and strength, `steering_sweep` generates from a few prompts under `hubsae.steer`
 (greedy, so the same inputs give the same text) and scores each continuation twice, both times with
 the *unsteered* model reading the generated tokens:
 - concept: a scorer's mean over the generated tokens; by default the SAE's own activation of the
@@ -13,6 +13,8 @@ the *unsteered* model reading the generated tokens:
   metric): a model copying its own loop ("sea sea sea") earns a low perplexity, so perplexity
   alone would reward degenerate text.
 Strength 0 runs the same path with a zero vector, so it scores exactly as the unsteered text.
+A group of features is steered along the unit vector of the sum of their unit decoder directions,
+so its strength means what a single feature's does (the added vector's length).
 `pick_strength` takes the strength with the highest concept score whose perplexity stays within a
 stated factor of the unsteered text's and whose repetition rises by at most a stated amount.
 
@@ -22,6 +24,7 @@ tokens and few neutral ones (a density-aware log-odds score, so latents that fir
 
 import json
 import math
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,11 +35,14 @@ from torch import Tensor, nn
 
 from ..data import Harvester
 from ..hooks import steer
+from ..hooks.features import unit_directions
 from ..plots import figure, have_matplotlib, save_png
 from ..saes.base import SAE
 
 # (token ids (T,) of one prompt + continuation, scored (T,) bool: the generated tokens) -> concept score
 Scorer = Callable[[Tensor, Tensor], float]
+# one latent, or a group of latents steered together
+Feature = int | tuple[int, ...]
 
 
 @dataclass
@@ -48,19 +54,56 @@ class SteeringPoint:
     perplexity: float  # exp(mean NLL per generated token) under the clean model
     repetition: float  # fraction of generated bigrams already generated earlier in the same text
     texts: list[str] = field(default_factory=list)
+    prompt_concepts: list[float] = field(default_factory=list)  # the concept score of each prompt's text
+    prompt_perplexities: list[float] = field(default_factory=list)  # ... and its perplexity
 
 
 @dataclass
 class SteeringCurve:
-    """A feature's points in sweep order; `baseline` is the unsteered model's text, scored alike."""
+    """A feature's (or group's) points in sweep order; `baseline` is the unsteered model's text, scored alike."""
 
-    feature: int
+    feature: Feature
     baseline: SteeringPoint
     points: list[SteeringPoint]
     settings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def label(self) -> str:
+        return feature_label(self.feature)
+
+
+def feature_label(feature: Feature) -> str:
+    """'feature 12' or 'features 12+40+7'."""
+    if isinstance(feature, int):
+        return f"feature {feature}"
+    return "features " + "+".join(str(f) for f in feature)
+
+
+def _group(feature: Feature, sae: SAE) -> tuple[int, ...]:
+    """The latent ids of a feature or group, checked against the SAE's width."""
+    group = (feature,) if isinstance(feature, int) else tuple(feature)
+    if not group or not all(isinstance(f, int) and not isinstance(f, bool) for f in group):
+        raise ValueError(f"a feature is an int or a non-empty tuple of ints, got {feature!r}")
+    bad = [f for f in group if not 0 <= f < sae.config.d_sae]
+    if bad:
+        raise ValueError(f"feature {bad[0]} is out of range for an SAE with d_sae={sae.config.d_sae}")
+    return group
+
+
+@torch.no_grad()
+def steering_coefficients(sae: SAE, feature: Feature, strength: float) -> dict[int, float]:
+    """`steer` coefficients that add `strength` along a feature's direction, or along the unit sum of a
+    group's unit directions (each member gets strength / ||sum of the unit directions||)."""
+    group = _group(feature, sae)
+    if len(group) == 1:
+        return {group[0]: float(strength)}
+    norm = float(unit_directions(sae, torch.tensor(group, device=sae.W_dec.device)).sum(0).norm())
+    if not norm > 0:
+        raise ValueError(f"the directions of features {list(group)} sum to zero: the group has no direction")
+    return {f: float(strength) / norm for f in group}
 
 
 # ---- scorers -----------------------------------------------------------------------------------
@@ -73,17 +116,17 @@ def _hookpoint(sae: SAE, hookpoint: str | None) -> str:
     return name
 
 
-def feature_scorer(model: nn.Module, sae: SAE, feature: int, hookpoint: str | None = None) -> Scorer:
-    """Mean activation of `feature` (SAE units) over the scored tokens, read by the unsteered model."""
-    if not 0 <= feature < sae.config.d_sae:
-        raise ValueError(f"feature {feature} is out of range for an SAE with d_sae={sae.config.d_sae}")
+def feature_scorer(model: nn.Module, sae: SAE, feature: Feature, hookpoint: str | None = None) -> Scorer:
+    """Mean activation of `feature` (SAE units; a group: the sum of its members') over the scored
+    tokens, read by the unsteered model."""
+    group = list(_group(feature, sae))
     name = _hookpoint(sae, hookpoint)
     harvest = Harvester(model, [name])
 
     @torch.no_grad()
     def score(ids: Tensor, scored: Tensor) -> float:
         x = harvest(ids[None])[name][0]
-        return float(sae.encode(x.to(sae.W_dec.dtype))[scored, feature].float().mean())
+        return float(sae.encode(x.to(sae.W_dec.dtype))[scored][:, group].float().sum(-1).mean())
 
     return score
 
@@ -164,12 +207,15 @@ def _repeats(tokens: list[int]) -> tuple[int, int]:
 def _point(model, tokenizer, inputs: dict, settings: dict, scorer: Scorer, strength: float) -> SteeringPoint:
     rows = _continuations(model, inputs, settings)
     nlls = [continuation_nll(model, ids, scored) for ids, scored in rows]
-    concept = sum(scorer(ids, scored) for ids, scored in rows) / len(rows)
+    concepts = [float(scorer(ids, scored)) for ids, scored in rows]
     texts = [tokenizer.decode(ids[scored], skip_special_tokens=True) for ids, scored in rows]
     perplexity = math.exp(sum(n for n, _ in nlls) / max(1, sum(c for _, c in nlls)))
     repeats = [_repeats(ids[scored].tolist()) for ids, scored in rows]
     repetition = sum(r for r, _ in repeats) / max(1, sum(n for _, n in repeats))
-    return SteeringPoint(float(strength), float(concept), perplexity, repetition, texts)
+    perplexities = [math.exp(n / max(1, c)) for n, c in nlls]
+    return SteeringPoint(
+        float(strength), sum(concepts) / len(concepts), perplexity, repetition, texts, concepts, perplexities
+    )
 
 
 def _inputs(tokenizer, prompts: Sequence[str]) -> dict:
@@ -185,11 +231,11 @@ def steering_sweep(
     model: nn.Module,
     tokenizer,
     sae: SAE,
-    features: Sequence[int],
+    features: Sequence[Feature],
     strengths: Sequence[float],
     prompts: Sequence[str],
     *,
-    scorer_for: Callable[[int], Scorer] | None = None,
+    scorer_for: Callable[[Feature], Scorer] | None = None,
     max_new_tokens: int = 24,
     hookpoint: str | None = None,
     positions: str = "generated",
@@ -197,7 +243,8 @@ def steering_sweep(
     generate_kwargs: dict | None = None,
 ) -> list[SteeringCurve]:
     """A `SteeringCurve` per feature over `strengths` (steer coefficients: fractions of ||x|| with
-    `relative=True`, else absolute lengths along the unit decoder direction).
+    `relative=True`, else absolute lengths along the unit decoder direction). A tuple of features is
+    a group, steered along the unit sum of its directions (`steering_coefficients`).
 
     `scorer_for(feature)` gives the concept `Scorer` of a feature (one probe for all: `lambda f: probe`);
     by default the SAE's own activation of that feature (`feature_scorer`). `generate_kwargs` are passed to
@@ -215,13 +262,16 @@ def steering_sweep(
     recorded["hookpoint"] = _hookpoint(sae, hookpoint)
     curves = []
     for feature in features:
+        feature = int(feature) if isinstance(feature, numbers.Integral) else tuple(int(f) for f in feature)
+        _group(feature, sae)  # a bad feature fails before any generation
         score = scorer_for(feature) if scorer_for else feature_scorer(model, sae, feature, hookpoint)
         baseline = _point(model, tokenizer, inputs, settings, score, 0.0)
         points = []
         for strength in strengths:
-            with steer(model, sae, {feature: strength}, hookpoint=hookpoint, positions=positions, relative=relative):
+            coefficients = steering_coefficients(sae, feature, strength)
+            with steer(model, sae, coefficients, hookpoint=hookpoint, positions=positions, relative=relative):
                 points.append(_point(model, tokenizer, inputs, settings, score, strength))
-        curves.append(SteeringCurve(int(feature), baseline, points, recorded))
+        curves.append(SteeringCurve(feature, baseline, points, recorded))
     return curves
 
 
@@ -255,8 +305,8 @@ def plot_steering_curves(curves: Sequence[SteeringCurve], path: str | os.PathLik
     concept_ax, ppl_ax = fig.subplots(1, 2)
     for curve in curves:
         xs = [p.strength for p in curve.points]
-        concept_ax.plot(xs, [p.concept for p in curve.points], marker="o", label=f"feature {curve.feature}")
-        ppl_ax.plot(xs, [p.perplexity for p in curve.points], marker="o", label=f"feature {curve.feature}")
+        concept_ax.plot(xs, [p.concept for p in curve.points], marker="o", label=curve.label)
+        ppl_ax.plot(xs, [p.perplexity for p in curve.points], marker="o", label=curve.label)
     concept_ax.set(xlabel="strength", ylabel="concept score", title=f"{title}: concept")
     ppl_ax.set(xlabel="strength", ylabel="perplexity (clean model)", title=f"{title}: fluency", yscale="log")
     concept_ax.legend(fontsize="small")

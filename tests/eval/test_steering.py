@@ -165,3 +165,24 @@ def test_steer_sweep_command(model, tokenizer, sae, tmp_path, caplog):
     assert [p["strength"] for p in curve["points"]] == [0.0, 0.5, 1000.0]
     assert curve["picked"]["strength"] != 1000.0
     assert "feature 5: unsteered concept=" in caplog.text and "picked strength" in caplog.text
+
+
+def test_a_group_is_steered_along_the_unit_sum_of_its_directions(model, tokenizer, sae):
+    from hubsae.eval.steering import steering_coefficients
+
+    group = (1, 2, 5)
+    coefficients = steering_coefficients(sae, group, 0.8)
+    rows = sae.W_dec[list(group)].detach()
+    units = rows / rows.norm(dim=-1, keepdim=True)
+    added = sum(c * units[i] for i, c in enumerate(coefficients.values()))
+    assert float(added.norm()) == pytest.approx(0.8, rel=1e-5)  # the strength is the added vector's length
+    torch.testing.assert_close(added / added.norm(), units.sum(0) / units.sum(0).norm())
+    assert steering_coefficients(sae, 4, 0.8) == {4: 0.8}
+    [curve] = steering_sweep(model, tokenizer, sae, [group], [0.0, 1000.0], PROMPTS[:1], max_new_tokens=4)
+    assert curve.feature == group and curve.label == "features 1+2+5"
+    zero, huge = curve.points
+    assert zero.texts == curve.baseline.texts and huge.texts != curve.baseline.texts
+    assert len(zero.prompt_concepts) == len(zero.prompt_perplexities) == 1
+    assert zero.prompt_concepts[0] == pytest.approx(curve.baseline.concept)
+    with pytest.raises(ValueError, match="feature 64 is out of range"):
+        steering_sweep(model, tokenizer, sae, [(1, 64)], [1.0], PROMPTS)
