@@ -64,24 +64,29 @@ class Code:
 
     features: SparseFeatures
     stats: object  # the SAE's normalization statistics (None unless input_norm="token")
+    skip: Tensor | None = None  # a skip transcoder's x W_skip (normalized units), part of its output
 
 
 def encode(sae: SAE, x: Tensor) -> Code:
     """The SAE's features of x (..., d_in), sparse; identical to `sae.encode(x)` once densified."""
-    stats = sae.normalize_input(x)[1] if sae.config.input_norm == "token" else None
+    normalized, stats = (
+        sae.normalize_input(x) if sae.config.input_norm == "token" or sae.config.skip_connection else (x, None)
+    )
     indices, values = sae.encode_sparse(x)
-    return Code(SparseFeatures(indices, values, sae.config.d_sae), stats)
+    skip = sae.skip_term(normalized) if sae.config.skip_connection else None
+    return Code(SparseFeatures(indices, values, sae.config.d_sae), stats, skip)
 
 
 def decode_linear(sae: SAE, indices: Tensor, values: Tensor) -> Tensor:
-    """sum_j values_j * W_dec[indices_j] per token, in the SAE's normalized units, no bias: (..., d_in)."""
+    """sum_j values_j * W_dec[indices_j] per token, in the SAE's normalized units, no bias: (..., d_out)."""
     return decode_rows(indices, values, sae.W_dec)
 
 
 def reconstruct(sae: SAE, code: Code) -> Tensor:
-    """x_hat in the model's units (equals `sae(x).reconstruction` up to float rounding)."""
+    """x_hat (a transcoder: y_hat) in the model's units (equals `sae(x).reconstruction` up to float rounding)."""
     f = code.features
-    return sae.denormalize(decode_linear(sae, f.indices, f.values) + sae.b_dec, code.stats)
+    out = decode_linear(sae, f.indices, f.values) + sae.b_dec
+    return sae.denormalize(out if code.skip is None else out + code.skip, code.stats)
 
 
 def to_model_units(sae: SAE, delta: Tensor, stats: object) -> Tensor:

@@ -11,6 +11,15 @@ Semantics (x is the activation at the hookpoint, f = sae.encode(x), x_hat its re
 Here d_i is the decoder row in the model's units (divided by `input_scale`, or multiplied by the
 token norm, as the SAE's input normalization requires).
 
+Transcoders (`config.hookpoint_out`, or `hookpoint_out=`) read x at `hookpoint` and write at
+`hookpoint_out`, whose activation y is what changes: `splice` sets y -> y_hat (or y_hat + (y - y_hat));
+`ablate`/`clamp` add their delta, computed from x's features, to y; `steer` adds to y (the decoder
+rows live in the written space); `record` encodes x. The read point sees the activation of the
+running forward, with upstream replacements already made (`read="replaced"`, the default: a
+replacement model where each transcoder reads what the earlier ones wrote); `splice(..., read="clean")`
+first runs the forward without this splice's replacements and feeds the transcoders those clean
+activations (each forward then runs twice; not with a KV cache holding earlier tokens).
+
 `positions` ("all", "prompt", "generated") selects tokens: "generated" is the last prompt position
 and every later one (the positions that predict new tokens), in a plain forward, in generate()
 with or without the KV cache, and with left padding.
@@ -25,15 +34,16 @@ import functools
 import inspect
 import math
 import numbers
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..saes.base import SAE
-from .attach import HookFn, PositionTracker, add_hook, check_positions, hooks_removed
+from .attach import HookFn, PositionTracker, add_hook, cache_offset, check_positions, hooks_removed
+from .capture import capture
 from .features import SparseFeatures, decode_linear, encode, reconstruct, to_model_units, unit_directions
-from .hookpoints import Hookpoint, activation_width, resolve_hookpoint
+from .hookpoints import Hookpoint, activation_width, resolve_hookpoint, unwrap_peft
 
 SAEs = SAE | Sequence[SAE] | Mapping[str, SAE]
 
@@ -112,11 +122,32 @@ def attachments(model: nn.Module, saes: SAEs, hookpoint: str | None = None) -> l
     return resolved
 
 
-def _check_width(x: Tensor, sae: SAE, hookpoint: Hookpoint) -> None:
-    """For modules whose width `activation_width` could not tell before the forward."""
-    if x.shape[-1] != sae.config.d_in:
+def write_point(model: nn.Module, sae: SAE, read: Hookpoint, hookpoint_out: str | None = None) -> Hookpoint:
+    """Where `sae` writes: `hookpoint_out` (else its config's), or the point it reads; width checked."""
+    name = hookpoint_out or sae.config.hookpoint_out
+    write = read if name is None else resolve_hookpoint(model, name)
+    if write.name == read.name:
+        if sae.config.resolved_d_out != sae.config.d_in:
+            raise ValueError(
+                f"{type(sae).__name__} writes width d_out={sae.config.resolved_d_out}, not its input's "
+                f"{sae.config.d_in}: pass hookpoint_out= (or set config.hookpoint_out)"
+            )
+        return read
+    width = activation_width(model, write)
+    if width is not None and width != sae.config.resolved_d_out:
         raise ValueError(
-            f"{type(sae).__name__} has d_in={sae.config.d_in} but the activation at hookpoint {hookpoint.name!r} "
+            f"{type(sae).__name__} has d_out={sae.config.resolved_d_out} but the activation at its write point "
+            f"{write.name!r} has width {width}"
+        )
+    return write
+
+
+def _check_width(x: Tensor, sae: SAE, hookpoint: Hookpoint, width: int | None = None) -> None:
+    """For modules whose width `activation_width` could not tell before the forward (`width`: d_in)."""
+    width = sae.config.d_in if width is None else width
+    if x.shape[-1] != width:
+        raise ValueError(
+            f"{type(sae).__name__} expects width {width} but the activation at hookpoint {hookpoint.name!r} "
             f"has shape {tuple(x.shape)}"
         )
 
@@ -125,6 +156,73 @@ def _on_sae(x: Tensor, sae: SAE, hookpoint: Hookpoint) -> Tensor:
     """x on the SAE's device and dtype, after checking its width."""
     _check_width(x, sae, hookpoint)
     return x.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
+
+
+ReadWriteFn = Callable[[Tensor, Tensor], Tensor | None]
+
+
+def read_write_hooks(
+    read: Hookpoint, write: Hookpoint, fn: ReadWriteFn, source: "CleanReads | None" = None
+) -> list[tuple[Hookpoint, HookFn]]:
+    """Hooks calling fn(x at `read`, y at `write`) at the write point, whose activation fn's result replaces.
+
+    An SAE (read is write) gets fn(x, x). A transcoder's read hook keeps x of the running forward for
+    the write hook, which must come after it; with `source` (read="clean") x is its clean activation.
+    """
+    if source is not None:  # nothing is replaced while the clean pass itself runs
+        return [(write, lambda y: None if source.active else fn(source(read.name), y))]
+    if write is read:
+        return [(read, lambda x: fn(x, x))]
+    slot: dict[str, Tensor] = {}
+
+    def keep(x: Tensor) -> None:
+        slot["x"] = x
+
+    def put(y: Tensor) -> Tensor | None:
+        if "x" not in slot:
+            raise RuntimeError(
+                f"the transcoder writing at {write.name!r} reads {read.name!r}, which this forward pass has not "
+                "reached before the write point; a transcoder's read point must run before its write point"
+            )
+        return fn(slot.pop("x"), y)
+
+    return [(read, keep), (write, put)]
+
+
+class CleanReads:
+    """`read="clean"`: before each forward, the read points' activations from the same forward without
+    this context's replacements (`active` is True while that pass runs, and the replacements wait)."""
+
+    def __init__(self, reads: list[Hookpoint]):
+        self.reads = list({hp.name: hp for hp in reads}.values())
+        self.active = False
+        self.acts: dict[str, Tensor] = {}
+
+    def attach(self, model: nn.Module):
+        return unwrap_peft(model).register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+
+    def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.active:
+            return
+        tokens = kwargs.get("input_ids", kwargs.get("inputs_embeds", args[0] if args else None))
+        if cache_offset(kwargs, tokens.shape[1] if isinstance(tokens, Tensor) else 0) > 0:
+            raise RuntimeError(
+                'splice(..., read="clean") runs every forward twice and cannot reuse a KV cache holding earlier '
+                "tokens; call the model (or generate) with use_cache=False"
+            )
+        clean = {k: v for k, v in kwargs.items() if not hasattr(v, "get_seq_length") and k != "past_key_values"}
+        clean["use_cache"] = False
+        self.active = True
+        try:
+            names = [hp.name for hp in self.reads]
+            self.acts = capture(
+                module, names, lambda: module(*args, **clean), stop_when_done=True, resolved=self.reads
+            )[1]
+        finally:
+            self.active = False
+
+    def __call__(self, name: str) -> Tensor:
+        return self.acts[name]
 
 
 @contextlib.contextmanager
@@ -204,21 +302,43 @@ def record(
 
 
 @reusable
-def splice(model: nn.Module, saes: SAEs, *, keep_error: bool = False, hookpoint: str | None = None) -> Iterator[None]:
-    """Replace each hooked activation by its SAE reconstruction (plus the error term if `keep_error`)."""
-    pairs = attachments(model, saes, hookpoint)
+def splice(
+    model: nn.Module,
+    saes: SAEs,
+    *,
+    keep_error: bool = False,
+    hookpoint: str | None = None,
+    hookpoint_out: str | None = None,
+    read: str = "replaced",
+) -> Iterator[None]:
+    """Replace each SAE's write point by its output (plus the error term y - y_hat if `keep_error`).
 
-    def splicer(hp: Hookpoint, sae: SAE) -> HookFn:
-        def fn(x: Tensor) -> Tensor:
-            x_sae = _on_sae(x, sae, hp)
-            x_hat = reconstruct(sae, encode(sae, x_sae))
-            out = x_hat + (x_sae - x_hat) if keep_error else x_hat
-            return out.to(device=x.device, dtype=x.dtype)
+    An SAE writes where it reads; a transcoder writes at `hookpoint_out` (argument, else its config's)
+    what it computes from its read point. `read="replaced"` (default) feeds each transcoder the read
+    activation of the running forward, after upstream replacements; `read="clean"` the one of the
+    forward without them (see the module docstring).
+    """
+    if read not in ("replaced", "clean"):
+        raise ValueError(f'read={read!r} is not "replaced" or "clean"')
+    pairs = [(hp, write_point(model, sae, hp, hookpoint_out), sae) for hp, sae in attachments(model, saes, hookpoint)]
+    clean = CleanReads([hp for hp, _, _ in pairs]) if read == "clean" else None
+
+    def splicer(hp: Hookpoint, write: Hookpoint, sae: SAE) -> ReadWriteFn:
+        def fn(x: Tensor, y: Tensor) -> Tensor | None:
+            y_hat = reconstruct(sae, encode(sae, _on_sae(x, sae, hp)))
+            _check_width(y, sae, write, sae.config.resolved_d_out)
+            out = y_hat + (y.to(y_hat.dtype) - y_hat) if keep_error else y_hat
+            return out.to(device=y.device, dtype=y.dtype)
 
         return fn
 
-    with _hooked(model, [(hp, splicer(hp, sae)) for hp, sae in pairs], None):
-        yield
+    hooks = [h for hp, w, sae in pairs for h in read_write_hooks(hp, w, splicer(hp, w, sae), clean)]
+    handles = []
+    with hooks_removed(handles):
+        if clean is not None:
+            handles.append(clean.attach(model))
+        with _hooked(model, hooks, None):
+            yield
 
 
 # ---- ablate / clamp ----------------------------------------------------------------------------
@@ -262,23 +382,26 @@ def _finite_values(mapping: Mapping[int, float], what: str, like: Tensor) -> Ten
     return torch.tensor([float(v) for v in values], dtype=like.dtype, device=like.device)
 
 
-def _edit_hook(hp: Hookpoint, sae: SAE, tracker: PositionTracker | None, positions: str, delta_fn) -> HookFn:
-    """A hook adding `delta_fn(code, x_sae)` (model units) to the selected tokens of the activation."""
+def _edit_hooks(
+    model: nn.Module, hp: Hookpoint, sae: SAE, hookpoint_out: str | None, tracker, positions: str, delta_fn
+) -> list[tuple[Hookpoint, HookFn]]:
+    """Hooks adding `delta_fn(code of x)` (model units) to the selected tokens of the write point's y."""
+    write = write_point(model, sae, hp, hookpoint_out)
 
-    def fn(x: Tensor) -> Tensor:
-        sel = tracker.selection(positions, x.shape[-2]) if tracker is not None else slice(None)
-        x_sel = x[..., sel, :]
-        if x_sel.shape[-2] == 0:
+    def fn(x: Tensor, y: Tensor) -> Tensor | None:
+        sel = tracker.selection(positions, y.shape[-2]) if tracker is not None else slice(None)
+        x_sel, y_sel = x[..., sel, :], y[..., sel, :]
+        if y_sel.shape[-2] == 0:
             return None
-        x_sae = _on_sae(x_sel, sae, hp)
-        delta = delta_fn(encode(sae, x_sae), x_sae).to(device=x.device, dtype=x.dtype)
-        if x_sel.shape[-2] == x.shape[-2]:
-            return x + delta
-        out = x.clone()
-        out[..., sel, :] = x_sel + delta
+        _check_width(y, sae, write, sae.config.resolved_d_out)
+        delta = delta_fn(encode(sae, _on_sae(x_sel, sae, hp))).to(device=y.device, dtype=y.dtype)
+        if y_sel.shape[-2] == y.shape[-2]:
+            return y + delta
+        out = y.clone()
+        out[..., sel, :] = y_sel + delta
         return out
 
-    return fn
+    return read_write_hooks(hp, write, fn)
 
 
 def _tracker(positions: str) -> PositionTracker | None:
@@ -293,19 +416,21 @@ def ablate(
     features: Sequence[int] | Tensor,
     *,
     hookpoint: str | None = None,
+    hookpoint_out: str | None = None,
     positions: str = "all",
 ) -> Iterator[None]:
-    """Remove the features' contribution f_i * d_i from the activation; the error term is kept."""
+    """Remove the features' contribution f_i * d_i from the activation written (a transcoder's
+    write point); the error term is kept."""
     [(hp, sae)] = attachments(model, sae, hookpoint)
     ids = _feature_ids(sae, features)
     tracker = _tracker(positions)
 
-    def delta(code, x_sae: Tensor) -> Tensor:
+    def delta(code) -> Tensor:
         f = code.features
         removed = decode_linear(sae, f.indices, f.values * torch.isin(f.indices, ids))
         return -to_model_units(sae, removed, code.stats)
 
-    with _hooked(model, [(hp, _edit_hook(hp, sae, tracker, positions, delta))], tracker):
+    with _hooked(model, _edit_hooks(model, hp, sae, hookpoint_out, tracker, positions, delta), tracker):
         yield
 
 
@@ -316,21 +441,23 @@ def clamp(
     values: Mapping[int, float],
     *,
     hookpoint: str | None = None,
+    hookpoint_out: str | None = None,
     positions: str = "all",
 ) -> Iterator[None]:
-    """Pin features to values ({feature: value}, in the SAE's feature units); the error term is kept."""
+    """Pin features to values ({feature: value}, in the SAE's feature units) in the activation written
+    (a transcoder's write point); the error term is kept."""
     [(hp, sae)] = attachments(model, sae, hookpoint)
     ids = _feature_ids(sae, list(values))
     targets = _finite_values(values, "clamp values", sae.W_dec)
     tracker = _tracker(positions)
 
-    def delta(code, x_sae: Tensor) -> Tensor:
+    def delta(code) -> Tensor:
         f = code.features
         current = decode_linear(sae, f.indices, f.values * torch.isin(f.indices, ids))
-        pinned = targets @ sae.W_dec[ids]  # (d_in,): the same for every token
+        pinned = targets @ sae.W_dec[ids]  # (d_out,): the same for every token
         return to_model_units(sae, pinned - current, code.stats)
 
-    with _hooked(model, [(hp, _edit_hook(hp, sae, tracker, positions, delta))], tracker):
+    with _hooked(model, _edit_hooks(model, hp, sae, hookpoint_out, tracker, positions, delta), tracker):
         yield
 
 
@@ -344,19 +471,22 @@ def steer(
     coefficients: Mapping[int, float],
     *,
     hookpoint: str | None = None,
+    hookpoint_out: str | None = None,
     positions: str = "all",
     relative: bool = False,
 ) -> Iterator[None]:
-    """Add sum_i c_i * u_i ({feature: c_i}) to the activation; u_i is decoder row i at unit norm.
+    """Add sum_i c_i * u_i ({feature: c_i}) to the activation written (a transcoder's write point);
+    u_i is decoder row i at unit norm.
 
     With `relative=True`, c_i is a fraction of each token's activation norm (c_i * ||x|| * u_i).
     The SAE itself is not run: the vector is built once on entry.
     """
-    [(hp, sae)] = attachments(model, sae, hookpoint)
+    [(read, sae)] = attachments(model, sae, hookpoint)
+    hp = write_point(model, sae, read, hookpoint_out)
     ids = _feature_ids(sae, list(coefficients))
     coefs = _finite_values(coefficients, "steering coefficients", sae.W_dec)
     with torch.no_grad():
-        vector = coefs @ unit_directions(sae, ids)  # (d_in,)
+        vector = coefs @ unit_directions(sae, ids)  # (d_out,)
     tracker = _tracker(positions)
     cache: dict[tuple, Tensor] = {}
 
@@ -367,7 +497,7 @@ def steer(
             return None
         key = (x.device, x.dtype)
         if key not in cache:  # one copy per device/dtype, not one transfer per token
-            _check_width(x, sae, hp)
+            _check_width(x, sae, hp, sae.config.resolved_d_out)
             cache[key] = vector.to(device=x.device, dtype=x.dtype)
         add = cache[key] * x_sel.norm(dim=-1, keepdim=True) if relative else cache[key]
         if x_sel.shape[-2] == x.shape[-2]:
