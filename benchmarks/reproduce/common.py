@@ -51,7 +51,7 @@ def mean_nn_cosine(sae) -> float:
 @dataclass
 class Run:
     """What `train` measured: wall-clock of the optimizer steps only, the fraction of latents that
-    fired in the last dead window, how many steps AuxK had dead latents to work on, and the
+    fired in the last 10% of the steps, how many steps AuxK had dead latents to work on, and the
     learning curve (tokens, train seconds so far, held-out EV) at the requested points."""
 
     seconds: float
@@ -128,7 +128,7 @@ def train(
             run.curve.append(((step + 1) * batch, run.seconds, 1 - fvu(sae.eval(), curve_data)))
             sae.train()
     sae.eval()
-    run.alive = ((steps - 1 - last_fired) <= dead_window).float().mean().item()
+    run.alive = ((steps - 1 - last_fired) <= max(1, steps // 10)).float().mean().item()  # fired in the last 10%
     return run
 
 

@@ -2,7 +2,7 @@
 and KronSAE vs TopK at equal tokens, equal FLOPs and equal time (Fig. 1 / Table 6 protocol, eq. 7).
 
 Scaled down for a CPU: residual stream after model.layers.10 (d = 576) on the Shakespeare corpus,
-F = 8 d = 4608, k = 32, batch 512, the paper's schedule (App. A.1: AdamW lr 8e-4, linear warmup
+F = 4 d = 2304, k = 32, batch 256, the paper's schedule (App. A.1: AdamW lr 8e-4, linear warmup
 over the first 10% of steps, cosine to 1e-6), every token seen once, dead window 10% of the run,
 3 seeds. FVU is pooled, on a held-out 10% of the tokens; EV = 1 - FVU.
 
@@ -52,17 +52,26 @@ def flop_ratio(arch: str, d_sae: int) -> float:
     return kron_flops(D, d_sae // (m * n), m, n, K) / topk_flops(D, d_sae, K)
 
 
-_FITS: dict[tuple[str, int, int], Run] = {}
+_FITS: dict[tuple[str, int, int, float], Run] = {}
 
 
-def fit(arch: str, tokens: int, seed: int, data, args, points: int = 8) -> Run:
+def fit(arch: str, tokens: int, seed: int, data, args, points: int = 8, dead_fraction: float = 0.1) -> Run:
     """One run (memoized: the ablation's mAND arm is the iso-FLOP table's equal-tokens Kron (2,4))."""
-    key = (arch.removesuffix(":mand"), tokens, seed)
+    key = (arch.removesuffix(":mand"), tokens, seed, dead_fraction)
     if key not in _FITS:
         train_x, test_x, curve_x = data
         sae = make(arch, args.d_sae, seed)
         marks = [tokens * (i + 1) // points for i in range(points)]
-        run = train(sae, train_x, tokens, batch=args.batch, seed=seed, curve_at=marks, curve_data=curve_x)
+        run = train(
+            sae,
+            train_x,
+            tokens,
+            batch=args.batch,
+            seed=seed,
+            curve_at=marks,
+            curve_data=curve_x,
+            dead_fraction=dead_fraction,
+        )
         run.ev, run.l0 = 1 - fvu(sae, test_x), mean_l0(sae, test_x)
         logger.info(
             "%s %d tokens seed %d: EV %.4f, alive %.3f, %.0f s", arch, tokens, seed, run.ev, run.alive, run.seconds
@@ -83,6 +92,17 @@ def ablation(data, args, results: dict) -> None:
         print(f"\nmAND ablation, (m,n,h) = (2,4,{args.d_sae // 8}), {tokens:,} tokens, seeds {args.seeds}")
         heads = ["composition", "EV (mean ± sd)", "per seed", "alive", "paper EV, Table 1 (F=65k, (2,4,8192))"]
         print(table(rows, heads))
+
+
+def auxk_off(data, args, results: dict) -> None:
+    """Diagnostic: the ablation's larger budget with AuxK never firing (dead window = the whole run)."""
+    tokens, rows = args.ablation_tokens[-1], []
+    for comp in ("mand", "relu_prod"):
+        runs = [fit(f"kron:2,4:{comp}", tokens, s, data, args, dead_fraction=1.0) for s in args.seeds[:1]]
+        results[f"auxk_off/{comp}/{tokens}"] = [r.__dict__ for r in runs]
+        rows.append([comp, runs[0].ev, runs[0].l0])
+    print(f"\nmAND ablation without AuxK, {tokens:,} tokens, seed {args.seeds[0]}")
+    print(table(rows, ["composition", "EV", "L0"]))
 
 
 def iso_flop(data, args, results: dict) -> None:
@@ -163,7 +183,7 @@ def plot_curves(results: dict, base: int, args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["ablation", "iso_flop"], default=None)
+    parser.add_argument("--only", choices=["ablation", "iso_flop", "auxk_off"], default=None)
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (20k cached tokens, F 576, 1 seed)")
     parser.add_argument("--out", type=Path, default=OUT / "reproductions")
     args = parser.parse_args()
@@ -172,8 +192,8 @@ def main() -> None:
         n_tokens, args.d_sae, args.batch, args.seeds = 20_000, 576, 256, [0]
         args.ablation_tokens, args.topk_tokens = [4096], 4096
     else:
-        n_tokens, args.d_sae, args.batch, args.seeds = 240_000, 4608, 512, [0, 1, 2]
-        args.ablation_tokens, args.topk_tokens = [51_200, 204_800], 102_400
+        n_tokens, args.d_sae, args.batch, args.seeds = 240_000, 2304, 256, [0, 1, 2]
+        args.ablation_tokens, args.topk_tokens = [25_600, 102_400], 51_200
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     train_x, test_x = scale_to_sqrt_d(*split(smollm2_activations(n_tokens)))
@@ -183,6 +203,8 @@ def main() -> None:
         ablation(data, args, results)
     if args.only in (None, "iso_flop"):
         iso_flop(data, args, results)
+    if args.only == "auxk_off":
+        auxk_off(data, args, results)
     name = "quick" if args.quick else (args.only or "all")
     (args.out / f"kron_smollm2_{name}.json").write_text(json.dumps(results))
     print(f"\ntotal {time.perf_counter() - start:.0f} s")

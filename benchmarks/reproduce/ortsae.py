@@ -2,7 +2,7 @@
 two LLM-free dictionary metrics (arXiv 2509.22033 Table 1, Table 3, §4).
 
 Scaled down for a CPU: residual stream after model.layers.10 (d = 576), Shakespeare corpus,
-F = 8 d = 4608, k = 32, batch 512, every token once, AdamW with warmup + cosine (lr 8e-4: the
+F = 8 d = 4608, k = 32, batch 256, 102,400 tokens each seen once, AdamW with warmup + cosine (lr 8e-4: the
 paper's 2e-4 is for ~250k steps, we have 400), dead window 10% of the run, 3 seeds. OrtSAE is the
 same BatchTopK plus gamma * L_orth, gamma = 0.25 in the paper's units (OrthogonalityPenalty scales
 it to hubsae's summed MSE). The paper's K = ceil(F / 8192) would give one chunk here, whose
@@ -17,6 +17,7 @@ can be computed afterwards without retraining.
 """
 
 import argparse
+import json
 import logging
 import time
 
@@ -68,61 +69,98 @@ def run_arm(name: str, seed: int, data, args) -> dict:
         "seconds": run.seconds,
     }
     logger.info("%s seed %d: %s", name, seed, {k: round(v, 4) for k, v in result.items()})
+    saved = args.decoders / "results.json"
+    runs = json.loads(saved.read_text()) if saved.exists() else {}
+    runs[f"{name}|{seed}"] = result
+    saved.write_text(json.dumps(runs, indent=1))  # every finished run, so arms and seeds can run apart
     return result
 
 
 def train_all(args) -> None:
     data = scale_to_sqrt_d(*split(smollm2_activations(args.n_tokens)))
-    results = {name: [run_arm(name, s, data, args) for s in args.seeds] for name in ARMS}
-    base = [r["seconds"] for r in results["BatchTopK"]]
+    for name in args.arms:
+        for seed in args.seeds:
+            run_arm(name, seed, data, args)
+    print_table(args)
+
+
+def print_table(args) -> None:
+    """The table over every run saved so far (arms may have different seeds: their count is shown)."""
+    saved = json.loads((args.decoders / "results.json").read_text())
+    base = {key.split("|")[1]: r["seconds"] for key, r in saved.items() if key.startswith("BatchTopK|")}
     rows = []
-    for name, runs in results.items():
-        cols = [mean_sd([r[c] for r in runs]) for c in ("MeanCosSim", "MeanCosSim at init", "FVU", "L0", "alive")]
-        ratio = mean_sd([r["seconds"] / b for r, b in zip(runs, base, strict=True)], 2)
-        rows.append([name, *cols, ratio])
-    print(
-        f"\n{args.tokens:,} tokens (batch {args.batch}), F={args.d_sae}, k={K}, gamma=0.25 (paper units), seeds {args.seeds}"
-    )
-    heads = ["SAE", "MeanCosSim", "MeanCosSim at init", "FVU (test)", "L0 (test)", "alive", "train time vs BatchTopK"]
+    for name in ARMS:
+        runs = {key.split("|")[1]: r for key, r in saved.items() if key.split("|")[0] == name}
+        if not runs:
+            continue
+        metrics = ("MeanCosSim", "MeanCosSim at init", "FVU", "L0", "alive")
+        cols = [mean_sd([r[c] for r in runs.values()]) for c in metrics]
+        ratio = mean_sd([r["seconds"] / base[s] for s, r in runs.items() if s in base], 2)
+        rows.append([name, len(runs), *cols, ratio])
+    print(f"\n{args.tokens:,} tokens (batch {args.batch}), F={args.d_sae}, k={K}, gamma=0.25 (paper units)")
+    heads = [
+        "SAE",
+        "seeds",
+        "MeanCosSim",
+        "MeanCosSim at init",
+        "FVU (test)",
+        "L0 (test)",
+        "alive",
+        "train time vs BatchTopK",
+    ]
     print(table(rows, heads))
     print(PAPER)
 
 
 def dictionary_metrics(args) -> None:
-    """Composition (a BatchTopK meta-SAE, dictionary F/4, k = 4, on the decoder rows: its EV) and
-    unique features (max cosine to another SAE's rows < 0.2), with random-init decoders as controls."""
-    from hubsae.eval.dictionary import composition_rate, unique_feature_fraction
+    """Composition (hubsae.eval.dictionary.composition_rate: a BatchTopK meta-SAE, dictionary F/4,
+    k = 4, on the unit decoder rows; its EV, lower = more atomic) and the unique-feature curve
+    (fraction of latents whose max cosine to the other SAE's latents is below t; OrtSAE uses 0.2),
+    for the seed-0 decoders, beside random unit rows of the same shape."""
+    from hubsae.eval.dictionary import composition_rate, random_unit_rows, unique_feature_curve
 
-    files = sorted(args.decoders.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no decoders in {args.decoders}: run without --metrics first")
-    decoders = {f.stem: load_file(f)["W_dec"] for f in files}
-    for seed in args.seeds:
-        decoders[f"random-init_seed{seed}"] = batchtopk(args.d_sae, seed).W_dec.detach()
+    names = {"BatchTopK": "BatchTopK_full_seed0", "OrtSAE": "OrtSAE_full_seed0", "OrtSAE modified": "OrtSAE_mod_seed0"}
+    decoders = {k: load_file(args.decoders / f"{v}.safetensors")["W_dec"] for k, v in names.items()}
+    decoders["random unit rows"] = random_unit_rows(args.d_sae, D, seed=0)
+    control = random_unit_rows(args.d_sae, D, seed=1)
+    thresholds = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
     rows = []
     for name, W in decoders.items():
-        other = "BatchTopK_full" if not name.startswith("BatchTopK") else "OrtSAE_full"
-        seed = name.rsplit("seed", 1)[1]
-        partner = decoders.get(f"{other}_seed{seed}")
-        unique = unique_feature_fraction(W, partner) if partner is not None else float("nan")
-        rows.append([name, composition_rate(W), unique])
-    print(table(rows, ["decoder", "composition (meta-SAE EV)", "unique vs the other method, same seed"]))
+        other = control if name == "random unit rows" else decoders["BatchTopK" if name != "BatchTopK" else "OrtSAE"]
+        curve = unique_feature_curve(W, other, thresholds)
+        comp = composition_rate(W, steps=args.composition_steps, seed=0)
+        rows.append([name, comp, *(f"{curve[t]:.3f}" for t in thresholds)])
+        logger.info("%s: composition %.4f, unique %s", name, comp, curve)
+    heads = ["decoder (seed 0)", "composition (meta-SAE EV)", *(f"unique < {t}" for t in thresholds)]
+    print(
+        f"unique: vs BatchTopK (BatchTopK: vs OrtSAE; random: vs other random rows); meta-SAE {args.composition_steps} steps"
+    )
+    print(table(rows, heads))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (20k cached tokens, F 1152, 1 seed)")
     parser.add_argument("--metrics", action="store_true", help="composition and unique features of the saved decoders")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), metavar="ARM")
+    parser.add_argument("--composition-steps", type=int, default=300, help="meta-SAE training steps")
+    parser.add_argument("--table", action="store_true", help="only print the table of the runs saved so far")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.quick:
         args.n_tokens, args.d_sae, args.tokens, args.batch, args.seeds = 20_000, 1152, 8192, 256, [0]
     else:
-        args.n_tokens, args.d_sae, args.tokens, args.batch, args.seeds = 240_000, 4608, 204_800, 512, [0, 1, 2]
+        args.n_tokens, args.d_sae, args.tokens, args.batch = 240_000, 4608, 102_400, 256
     args.decoders = CACHE / ("ortsae-quick" if args.quick else "ortsae")
     args.decoders.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    dictionary_metrics(args) if args.metrics else train_all(args)
+    if args.metrics:
+        dictionary_metrics(args)
+    elif args.table:
+        print_table(args)
+    else:
+        train_all(args)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 

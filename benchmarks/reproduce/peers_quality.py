@@ -2,7 +2,7 @@
 
 All three train on the same cached SmolLM2-135M activations (residual stream after
 model.layers.10, Shakespeare corpus, scaled to E||x|| = sqrt(d)), the same tokens in the same
-order (each once), the same d_sae = 4608 and k = 32, with one shared optimizer setting (AdamW,
+order (each once), the same d_sae = 2304 and k = 32, with one shared optimizer setting (AdamW,
 lr 8e-4, 10% linear warmup, cosine to 1e-6, the KronSAE paper's schedule; decoder-gradient
 projection and renormalization wherever the library defines them), and each library's own loss:
 
@@ -112,7 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     n_tokens, tokens, batch, d_sae, seeds = (
-        (20_000, 8192, 256, 576, [0]) if args.quick else (240_000, 204_800, 512, 4608, [0, 1, 2])
+        (20_000, 8192, 256, 576, [0]) if args.quick else (240_000, 102_400, 256, 2304, [0, 1, 2])
     )
     train_x, test_x = scale_to_sqrt_d(*split(smollm2_activations(n_tokens)))
     rows = []
