@@ -60,7 +60,7 @@ def ensure_cache(config: TrainConfig, model, tokenizer) -> None:
     if (folder / CACHE_INDEX_NAME).is_file():
         return
     logger.info("harvesting %d tokens into the activation cache %s", config.max_tokens, folder)
-    blocks = harvest_source(config, model, tokenizer, config.hookpoints)(0, 0)
+    blocks = harvest_source(config, model, tokenizer, config.harvested(config.hookpoints))(0, 0)
     meta = {
         k: config.to_dict()[k] for k in ("model", "dataset", "context_length", "prepend_bos", "exclude_special_tokens")
     }
@@ -72,6 +72,7 @@ def make_stream(
 ):
     """The local activation stream of this process."""
     local_batch = config.batch_size // world if data_parallel else config.batch_size
+    hookpoints = config.harvested(hookpoints)  # a transcoder's write point comes in the same pass
     if config.activation_cache:
         blocks = cache_blocks(config.activation_cache, hookpoints)
         shard = (rank, world) if data_parallel else (0, 1)
@@ -92,11 +93,15 @@ def batch_statistics(batches: list[Block], reduce) -> dict[str, tuple[float, Ten
     return stats
 
 
-def init_sae(config: TrainConfig, hookpoint: str, d_in: int, scale: float, mean: Tensor, index: int) -> SAE:
-    """A fresh SAE for one hookpoint, seeded by its position in the recipe (not by the process layout)."""
+def init_sae(config: TrainConfig, hookpoint: str, stats: dict[str, tuple[int, float, Tensor]], index: int) -> SAE:
+    """A fresh SAE for one hookpoint, seeded by its position in the recipe (not by the process layout).
+    `stats` holds (width, scale, mean) of the hookpoint and of its write point (a transcoder's)."""
     if config.architecture not in REGISTRY:
         raise ValueError(f"unknown architecture {config.architecture!r}; registered: {sorted(REGISTRY)}")
     config_cls, model_cls = REGISTRY[config.architecture]
+    d_in, scale, _ = stats[hookpoint]
+    write = config.write_point(hookpoint)
+    d_out, out_scale, mean = stats[write or hookpoint]
     fields = dict(
         d_in=d_in,
         d_sae=config.d_sae or config.expansion_factor * d_in,
@@ -105,6 +110,9 @@ def init_sae(config: TrainConfig, hookpoint: str, d_in: int, scale: float, mean:
         input_norm="scale" if config.normalize_activations else "none",
         input_scale=scale if config.normalize_activations else 1.0,
     )
+    if write is not None:  # a transcoder: its b_dec is the write point's bias, never subtracted from x
+        fields.update(hookpoint_out=write, d_out=d_out, subtract_b_dec=False)
+        fields["output_scale"] = out_scale if config.normalize_activations else 1.0
     if config.method == "pam_sgd":
         # renormalizing decoder rows would undo the closed-form solve, and subtracting b_dec before
         # encoding would change the codes the decoder was just solved for
@@ -116,23 +124,27 @@ def init_sae(config: TrainConfig, hookpoint: str, d_in: int, scale: float, mean:
     sae_config = config_cls(**{**fields, **config.sae})
     torch.manual_seed(config.seed * 1000 + index)
     sae = model_cls(sae_config)
-    if sae_config.subtract_b_dec:
-        with torch.no_grad():
-            sae.b_dec.copy_(mean * sae_config.input_scale)  # start the decoder bias at the data mean
+    if sae_config.subtract_b_dec or sae_config.is_transcoder:
+        with torch.no_grad():  # start the decoder bias at the mean of what it writes
+            sae.b_dec.copy_(mean * sae_config.resolved_output_scale)
     return sae
 
 
 def estimate_and_build(config: TrainConfig, hookpoints: list[str], first: list[Block], reduce) -> dict[str, SAE]:
-    stats = batch_statistics(first, reduce)
-    saes = {}
-    for name in hookpoints:
-        norm, mean = stats[name]
-        d_in = int(first[0][name].shape[-1])
+    """SAEs for `hookpoints`, their scales (mean norm sqrt(width)) and biases from the first batches."""
+    stats = {}
+    for name, (norm, mean) in batch_statistics(first, reduce).items():
+        width = int(first[0][name].shape[-1])
         if not math.isfinite(norm) or norm <= 0:
             raise ValueError(f"hookpoint {name!r}: mean activation norm is {norm}; cannot normalize")
-        scale = math.sqrt(d_in) / norm
-        saes[name] = init_sae(config, name, d_in, scale, mean, config.hookpoints.index(name))
-        logger.info("SAE for %s: d_in=%d d_sae=%d input_scale=%.4g", name, d_in, saes[name].config.d_sae, scale)
+        stats[name] = (width, math.sqrt(width) / norm, mean)
+    saes = {}
+    for name in hookpoints:
+        saes[name] = init_sae(config, name, stats, config.hookpoints.index(name))
+        c = saes[name].config
+        logger.info(
+            "SAE for %s -> %s: d_in=%d d_out=%d d_sae=%d", name, c.write_hookpoint, c.d_in, c.resolved_d_out, c.d_sae
+        )
     return saes
 
 
@@ -146,9 +158,21 @@ class SAEBundle(nn.Module):
 
     def forward(self, batch: dict[str, Tensor], dead_masks: dict[str, Tensor]) -> dict:
         return {
-            name: sae(batch[name], compute_losses=True, dense_features=False, dead_mask=dead_masks[name])
+            name: sae(
+                batch[name],
+                target=target(batch, sae),
+                compute_losses=True,
+                dense_features=False,
+                dead_mask=dead_masks[name],
+            )  # fmt: skip
             for name, sae in zip(self.names, self.saes, strict=True)
         }
 
     def items(self) -> Iterator[tuple[str, SAE]]:
         return zip(self.names, self.saes, strict=True)
+
+
+def target(batch: dict[str, Tensor], sae: SAE) -> Tensor | None:
+    """A transcoder's training target: the batch's activation at its write point (harvested under the
+    recipe's hookpoints_out name, which the trainer stores as `hookpoint_out`); None for an SAE."""
+    return batch[sae.config.hookpoint_out] if sae.config.hookpoint_out else None

@@ -90,6 +90,10 @@ class TrainConfig(Recipe):
     """dtype the LLM runs in ("float32", "bfloat16", "float16"); float32 on CPU (bf16 is ~8x slower there)."""
     hookpoints: list[str] = field(default_factory=lambda: ["model.layers.6"])
     """Modules whose output (or input, with a `:input` suffix) is read; one SAE is trained per hookpoint."""
+    hookpoints_out: list[str] = field(default_factory=list)
+    """Transcoders: for each hookpoint, the activation its SAE predicts (`model.layers.6.mlp` for the
+    MLP whose `model.layers.6.mlp:input` it reads), harvested in the same pass; the loss is the MSE to
+    it. Empty: SAEs, each reconstructing what it reads. `sae: {skip_connection: true}` adds W_skip."""
     architecture: str = "hubsae_topk"
     """SAE `model_type`: hubsae_topk, hubsae_batchtopk, hubsae_relu, hubsae_jumprelu, hubsae_gated, ..."""
     expansion_factor: int = 8
@@ -206,6 +210,17 @@ class TrainConfig(Recipe):
         need(bool(self.hookpoints), "hookpoints must list at least one hookpoint")
         need(all(self.hookpoints), f"hookpoints must be module paths, got an empty one in {self.hookpoints}")
         need(len(set(self.hookpoints)) == len(self.hookpoints), f"hookpoints has duplicates: {self.hookpoints}")
+        need(
+            not self.hookpoints_out or len(self.hookpoints_out) == len(self.hookpoints),
+            f"hookpoints_out must name one write point per hookpoint ({len(self.hookpoints)}), got {self.hookpoints_out}",
+        )
+        need(
+            all(self.hookpoints_out), f"hookpoints_out must be module paths, got an empty one in {self.hookpoints_out}"
+        )
+        need(
+            not self.hookpoints_out or self.method != "pam_sgd",
+            "method='pam_sgd' solves a decoder for the hookpoint's own activation; transcoders (hookpoints_out) use 'adam'",
+        )
         need(bool(self.dataset) or bool(self.activation_cache), "dataset (or activation_cache) must be set")
         for name in ("model", "architecture", "dataset_glob", "dataset_split", "dataset_text_column", "output_dir"):
             need(bool(getattr(self, name)), f"{name} must not be empty")
@@ -233,6 +248,15 @@ class TrainConfig(Recipe):
     @property
     def steps(self) -> int:
         return self.max_tokens // (self.batch_size * self.grad_accum_steps)
+
+    def write_point(self, hookpoint: str) -> str | None:
+        """The activation the SAE at `hookpoint` predicts, if it is a transcoder."""
+        return self.hookpoints_out[self.hookpoints.index(hookpoint)] if self.hookpoints_out else None
+
+    def harvested(self, hookpoints: list[str]) -> list[str]:
+        """What one pass must capture for the SAEs at `hookpoints`: each read point and its write point."""
+        points = [p for h in hookpoints for p in (h, self.write_point(h)) if p is not None]
+        return list(dict.fromkeys(points))
 
 
 def check_ranges(config: TrainConfig) -> None:

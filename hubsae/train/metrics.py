@@ -50,8 +50,12 @@ def batch_metrics(batch: dict[str, Tensor], outs: dict, saes: dict[str, SAE], tr
     metrics: dict[str, float] = {}
     for name, out in outs.items():
         sae = saes[name]
-        x, _ = sae.normalize_input(batch[name].float())
-        x_hat, _ = sae.normalize_input(out.reconstruction.float())
+        if sae.config.hookpoint_out:  # a transcoder: scored against its write point, in the units it trains in
+            x = sae.normalize_target(batch[sae.config.hookpoint_out].float(), None)
+            x_hat = sae.normalize_target(out.reconstruction.float(), None)
+        else:
+            x, _ = sae.normalize_input(batch[name].float())
+            x_hat, _ = sae.normalize_input(out.reconstruction.float())
         sums = torch.stack(
             [
                 (x - x_hat).pow(2).sum(),

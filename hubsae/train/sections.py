@@ -16,6 +16,9 @@ TRAINER_SET = {
     "base_model_name_or_path": "use the top-level model",
     "input_norm": "use the top-level normalize_activations",
     "input_scale": "it is estimated from the data (normalize_activations)",
+    "hookpoint_out": "use the top-level hookpoints_out",
+    "d_out": "it is the width of the hookpoints_out activation",
+    "output_scale": "it is estimated from the data (normalize_activations)",
 }
 
 
