@@ -6,6 +6,11 @@ zero-ablated. Special tokens (BOS, EOS, padding) are left untouched by both inte
 excluded from every metric, as SAEBench does: BOS activations are outliers an SAE is not meant to
 reconstruct. Cross-entropy counts a prediction when both its position and its target are ordinary
 tokens; KL is KL(P_clean ‖ P_new) per ordinary position.
+
+A transcoder (`config.hookpoint_out`) is scored where it writes: FVU and the other reconstruction
+metrics compare its output, computed from the clean read activation, with the clean activation at
+`hookpoint_out`; splicing puts that output there, and zero ablation zeroes the write point (for an MLP
+transcoder: the MLP's output), so CE recovered is measured against removing the sublayer.
 """
 
 import logging
@@ -60,6 +65,11 @@ class SAEEvaluation:
     samples: TopActivations | None = None
     sums: _Sums = field(default_factory=_Sums)
     metrics: dict = field(default_factory=dict)
+    hookpoint_out: str | None = None  # a transcoder's write point (None: the SAE writes where it reads)
+
+    @property
+    def write_point(self) -> str:
+        return self.hookpoint_out or self.hookpoint
 
 
 def _mean(pair: list) -> float:
@@ -94,23 +104,24 @@ def _hookpoint(sae: SAE) -> str:
 
 @torch.no_grad()
 def _evaluate_batch(model, saes, results, ids: Tensor, keep: Tensor) -> None:
-    clean, acts = _capture(model, [r.hookpoint for r in results], ids)
+    points = [p for r in results for p in (r.hookpoint, r.write_point)]
+    clean, acts = _capture(model, list(dict.fromkeys(points)), ids)
     mask = keep.unsqueeze(-1)
     logp_clean = torch.log_softmax(clean[keep].float(), dim=-1)  # once for every KL below
     n_kept = keep.sum()
     for sae, res in zip(saes, results, strict=True):
-        x = acts[res.hookpoint]
+        x, y = acts[res.hookpoint], acts[res.write_point]
         out = sae(x.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype), compute_losses=False)
-        x_hat, feats = out.reconstruction.to(device=x.device, dtype=x.dtype), out.features
-        res.recon.update(x[keep], x_hat[keep], feats[keep.to(feats.device)])
+        y_hat, feats = out.reconstruction.to(device=y.device, dtype=y.dtype), out.features
+        res.recon.update(y[keep], y_hat[keep], feats[keep.to(feats.device)])
         if res.top is not None:
             res.top.update(feats, ids, keep)
             res.hist.update(feats[keep.to(feats.device)])
         if res.samples is not None:
             res.samples.update(feats, ids, keep)
-        # upstream of the hookpoint nothing changes, so the clean activation's x_hat is what splicing inserts
-        spliced = _with_replacement(model, res.hookpoint, lambda a, r=x_hat: torch.where(mask, r, a), ids)
-        zeroed = _with_replacement(model, res.hookpoint, lambda a: a.masked_fill(mask, 0.0), ids)
+        # upstream of the write point nothing changes, so the clean read activation's output is what splicing inserts
+        spliced = _with_replacement(model, res.write_point, lambda a, r=y_hat: torch.where(mask, r, a), ids)
+        zeroed = _with_replacement(model, res.write_point, lambda a: a.masked_fill(mask, 0.0), ids)
         res.sums.add("ce_spliced", token_cross_entropy(spliced, ids, keep))
         res.sums.add("ce_zero", token_cross_entropy(zeroed, ids, keep))
         res.sums.add("kl_spliced", (kl_from_log_probs(logp_clean, spliced[keep]), n_kept))
@@ -137,7 +148,8 @@ def _finish(sae: SAE, res: SAEEvaluation) -> dict:
         kl_score=kl_score(kl_sae, kl_zero),
         mean_max_decoder_cosine=float(decoder_max_cosine(sae.W_dec.detach()).mean()),
     )
-    return {"hookpoint": res.hookpoint, "architecture": sae.config.model_type, "d_sae": sae.config.d_sae, **m}
+    where = {"hookpoint": res.hookpoint} | ({"hookpoint_out": res.hookpoint_out} if res.hookpoint_out else {})
+    return {**where, "architecture": sae.config.model_type, "d_sae": sae.config.d_sae, **m}
 
 
 @torch.no_grad()
@@ -154,7 +166,7 @@ def evaluate(
     example_radius: int = 5,
     progress: bool = True,
 ) -> list[SAEEvaluation]:
-    """Evaluate each SAE at its `config.hookpoint` on `contexts` ((T,) or (B, T) token-id tensors).
+    """Evaluate each SAE at its `config.hookpoint` (a transcoder: where it writes) on `contexts` ((T,) or (B, T) token-id tensors).
 
     `special_ids` (e.g. `tokenizer.all_special_ids`) are excluded; `n_examples > 0` also collects
     that many top-activating contexts per latent (window ± `example_radius`) and activation
@@ -169,11 +181,12 @@ def evaluate(
     results = []
     for sae in saes:
         # sums live beside the SAE; the per-latent collectors on the CPU, where the browser reads them
-        recon = ReconstructionMetrics(sae.config.d_in, sae.config.d_sae, device=sae.W_dec.device)
+        recon = ReconstructionMetrics(sae.config.resolved_d_out, sae.config.d_sae, device=sae.W_dec.device)
         top = TopActivations(sae.config.d_sae, n_examples, example_radius) if n_examples else None
         hist = ActivationHistogram(sae.config.d_sae) if n_examples else None
         samples = TopActivations(sae.config.d_sae, n_samples, example_radius, sample=True) if n_samples else None
-        results.append(SAEEvaluation(_hookpoint(sae), recon, top, hist, samples))
+        out = sae.config.hookpoint_out if sae.config.hookpoint_out != sae.config.hookpoint else None
+        results.append(SAEEvaluation(_hookpoint(sae), recon, top, hist, samples, hookpoint_out=out))
     device = next(model.parameters()).device
     special = torch.tensor(sorted(set(special_ids)), dtype=torch.long, device=device)
     n_done = 0
