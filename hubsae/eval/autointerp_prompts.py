@@ -98,16 +98,18 @@ def explain_messages(excerpts: Sequence[str], activations: Sequence[str] | None 
 
 
 def score_messages(kind: str, explanation: str, excerpts: Sequence[str]) -> Messages:
-    """A scorer's chat (`kind` "detection": plain excerpts, "fuzzing": marked excerpts): the rules, a
-    worked example with as many excerpts as this prompt has (up to 3), then the explanation and excerpts."""
+    """A scorer's chat (`kind` "detection": plain excerpts, "fuzzing": marked excerpts): the rules, worked
+    examples with as many excerpts as this prompt has (one turn of up to 3; for one excerpt, three
+    one-excerpt turns, so the answers seen hold both a 1 and a 0), then the explanation and excerpts."""
     system, shot = {"detection": (DETECT_SYSTEM, DETECT_SHOT), "fuzzing": (FUZZ_SYSTEM, FUZZ_SHOT)}[kind]
-    shot = shot[: max(1, min(len(excerpts), len(shot)))]
-    return [
-        {"role": "system", "content": system},
-        {"role": "user", "content": f"Explanation: {SHOT_EXPLANATION}\n\n{numbered([t for t, _ in shot])}"},
-        {"role": "assistant", "content": str([label for _, label in shot])},
-        {"role": "user", "content": f"Explanation: {explanation}\n\n{numbered(excerpts)}"},
-    ]
+    turns = [[pair] for pair in shot] if len(excerpts) == 1 else [shot[: min(len(excerpts), len(shot))]]
+    messages = [{"role": "system", "content": system}]
+    for turn in turns:
+        messages.append(
+            {"role": "user", "content": f"Explanation: {SHOT_EXPLANATION}\n\n{numbered([t for t, _ in turn])}"}
+        )
+        messages.append({"role": "assistant", "content": str([label for _, label in turn])})
+    return [*messages, {"role": "user", "content": f"Explanation: {explanation}\n\n{numbered(excerpts)}"}]
 
 
 _LABEL = re.compile(r"explanation\s*\]?\s*[:\-]\s*(.+)", re.IGNORECASE)

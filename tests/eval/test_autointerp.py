@@ -156,8 +156,8 @@ def test_prompt_formatting():
     )
     msgs = score_messages("fuzzing", "the token x", ["a <<b>>"])
     assert msgs[0]["content"] == FUZZ_SYSTEM and msgs[-1]["content"] == "Explanation: the token x\n\nExample 1: a <<b>>"
-    # the worked example has as many excerpts as the prompt (so a one-excerpt prompt shows a one-item answer)
-    assert msgs[2] == {"role": "assistant", "content": "[1]"}
+    # worked examples have as many excerpts as the prompt: one excerpt, three one-item turns
+    assert [m["content"] for m in msgs if m["role"] == "assistant"] == ["[1]", "[0]", "[1]"] and len(msgs) == 8
     msgs = score_messages("detection", "e", ["a", "b", "c", "d", "e"])
     assert msgs[0]["content"] == DETECT_SYSTEM and msgs[2]["content"] == "[1, 0, 1]"
     assert msgs[1]["content"].count("Example ") == 3
