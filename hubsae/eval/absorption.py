@@ -32,16 +32,19 @@ and small SAEs the numbers are a small-model measurement, not comparable to publ
 """
 
 import logging
+import os
 import random
 import string
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..data import Harvester
+from ..plots import figure, save_png
 from ..saes.base import SAE
 from .probes import LogisticProbe, fit_k_sparse_probe, fit_probe, train_test_split
 
@@ -57,6 +60,7 @@ __all__ = [
     "alphabetic_tokens",
     "first_letter_prompt",
     "main_latents",
+    "plot_absorption",
 ]
 
 LETTERS = string.ascii_lowercase
@@ -305,3 +309,23 @@ def absorption(
     result = absorption_from_activations(acts, labels, sae, config)
     result.settings.update(hookpoint=hookpoint, num_words=len(kept))
     return result
+
+
+def plot_absorption(result: AbsorptionResult, path: str | os.PathLike, title: str = "feature absorption") -> Path:
+    """Per-letter bars: mean absorption fraction and full-absorption rate; the means in the title."""
+    fig = figure(8, 3.5)
+    ax = fig.add_subplot()
+    xs = range(len(result.letters))
+    ax.bar(
+        [x - 0.2 for x in xs], [r.mean_absorption_fraction for r in result.letters], 0.4, label="absorption fraction"
+    )
+    ax.bar([x + 0.2 for x in xs], [r.full_absorption_rate for r in result.letters], 0.4, label="full absorption")
+    ax.set_xticks(list(xs), [r.letter for r in result.letters])
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("first letter")
+    ax.set_title(
+        f"{title}: mean fraction {result.mean_absorption_fraction:.3f}, full {result.mean_full_absorption:.3f}"
+        f" ({len(result.skipped)} letters skipped)"
+    )
+    ax.legend(fontsize=7)
+    return save_png(fig, path)

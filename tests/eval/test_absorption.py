@@ -19,9 +19,11 @@ from hubsae.eval.absorption import (
     absorption_scores,
     alphabetic_tokens,
     first_letter_prompt,
+    plot_absorption,
 )
 from hubsae.eval.probes import train_test_split
 from hubsae.llm import smollm2_path
+from hubsae.plots import have_matplotlib
 from hubsae.saes import ReLUSAE, ReLUSAEConfig
 
 D = 72
@@ -124,7 +126,7 @@ def test_vocabulary_words_and_prompt(tokenizer):
     assert prompt == "\n dog has the first letter: D\nOwl has the first letter: O\n cat has the first letter:"
 
 
-def test_end_to_end_offline_on_a_tiny_llama(tokenizer):
+def test_end_to_end_offline_on_a_tiny_llama(tokenizer, tmp_path):
     from tiny_models import WIDTH, tiny_llama_for, topk_sae
 
     model = tiny_llama_for(tokenizer)
@@ -138,3 +140,5 @@ def test_end_to_end_offline_on_a_tiny_llama(tokenizer):
         assert 0 <= r.mean_absorption_fraction <= 1 and 0 <= r.full_absorption_rate <= 1
         assert 1 <= len(r.main_latents) <= 3 and all(0 <= i < 64 for i in r.main_latents)
     assert 0 <= result.mean_absorption_fraction <= 1 and WIDTH == sae.config.d_in
+    if have_matplotlib():
+        assert plot_absorption(result, tmp_path / "absorption.png").read_bytes()[:4] == b"\x89PNG"
