@@ -48,9 +48,12 @@ def require(tensors: dict, keys: tuple[str, ...], path: Path, layout: str) -> No
         raise ValueError(f"{path} lacks {missing}; {layout}; it holds {sorted(tensors)}")
 
 
-def check_shapes(state: dict[str, Tensor], d_in: int, d_sae: int, path: Path) -> None:
-    """The converted tensors have hubsae's shapes (catches transposed or mislabelled files)."""
-    want = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
+def check_shapes(state: dict[str, Tensor], d_in: int, d_sae: int, path: Path, d_out: int | None = None) -> None:
+    """The converted tensors have hubsae's shapes (catches transposed or mislabelled files); `d_out`
+    is a transcoder's output width (None: d_in)."""
+    d_out = d_in if d_out is None else d_out
+    want = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_out), "b_enc": (d_sae,), "b_dec": (d_out,)}
+    want["W_skip"] = (d_in, d_out)
     want |= {k: (d_sae,) for k in ("threshold", "r_mag", "b_mag")}
     bad = [f"{k}: {tuple(v.shape)} (expected {want[k]})" for k, v in state.items() if tuple(v.shape) != want[k]]
     if bad:

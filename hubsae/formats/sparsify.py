@@ -2,8 +2,10 @@
 `sparse_coder.py`, `fused_encoder.py`, `config.py`).
 
     cfg.json: d_in, activation ("topk"), k, num_latents (0 = d_in * expansion_factor), transcode, ...
-    weights:  encoder.weight (d_sae, d_in) (an nn.Linear), encoder.bias, W_dec (d_sae, d_in), b_dec
+    weights:  encoder.weight (d_sae, d_in) (an nn.Linear), encoder.bias, W_dec (d_sae, d_in), b_dec,
+              and W_skip (d_in, d_in) as an nn.Linear weight (out, in) with `skip_connection`
     encode:   pre = relu((x - b_dec) @ encoder.weight.T + encoder.bias), top-k   (no b_dec for transcoders)
+    decode:   sae_out = top_acts @ W_dec[top_indices] + b_dec (+ x @ W_skip.T with skip_connection, on the raw x)
 
 The folder is named after the module path relative to the backbone (`layers.10`); the training
 config one level up (`config.json`, key `model`) names the model, from which the full path is made.
@@ -35,21 +37,25 @@ class SparsifyFormat:
             raise ValueError(f"{cfg_path} has no 'd_in' or 'k'; a sparsify cfg.json needs both")
         if cfg.get("activation", "topk") != "topk":
             raise ValueError(f"{cfg_path}: sparsify activation {cfg['activation']!r} is not supported (only 'topk')")
-        if cfg.get("skip_connection") or cfg.get("signed"):
-            raise ValueError(f"{cfg_path}: sparsify skip connections and signed latents are not supported")
+        if cfg.get("signed"):
+            raise ValueError(f"{cfg_path}: sparsify signed latents are not supported")
+        skip = bool(cfg.get("skip_connection"))
         d_in = int(cfg["d_in"])
         d_sae = int(cfg.get("num_latents") or d_in * int(cfg.get("expansion_factor", 0)))
         weights_path = folder.fetch("sae.safetensors")
         raw = to_float32(read_safetensors(weights_path), weights_path)
-        require(raw, ("encoder.weight", "encoder.bias", "W_dec", "b_dec"), weights_path, LAYOUT)
-        if "W_skip" in raw:
-            raise ValueError(f"{weights_path}: sparsify skip connections (W_skip) are not supported")
+        require(raw, ("encoder.weight", "encoder.bias", "W_dec", "b_dec") + (("W_skip",) if skip else ()),
+                weights_path, LAYOUT)  # fmt: skip
+        if "W_skip" in raw and not skip:
+            raise ValueError(f"{weights_path} holds W_skip but {cfg_path} has skip_connection false")
         state = {
             "W_enc": raw["encoder.weight"].T,
             "b_enc": raw["encoder.bias"],
             "W_dec": raw["W_dec"],
             "b_dec": raw["b_dec"],
         }
+        if skip:
+            state["W_skip"] = raw["W_skip"].T  # sparsify adds x @ W_skip.mT; hubsae's W_skip is (d_in, d_out)
         check_shapes(state, d_in, d_sae, weights_path)
         model, hookpoint = self._hookpoint(folder)
         transcode = bool(cfg.get("transcode"))
@@ -63,6 +69,7 @@ class SparsifyFormat:
             base_model_name_or_path=model,
             subtract_b_dec=not transcode,
             normalize_decoder=bool(cfg.get("normalize_decoder", True)),
+            skip_connection=skip,
         )
         return config, state
 

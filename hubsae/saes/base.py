@@ -108,11 +108,12 @@ class SAEConfig(PreTrainedConfig):
             raise ValueError(f"d_out must be positive (or None for d_in), got {self.d_out}")
 
     def validate_transcoder(self):
-        if self.is_transcoder and self.subtract_b_dec:
+        elsewhere = self.hookpoint_out not in (None, self.hookpoint) or self.resolved_d_out != self.d_in
+        if elsewhere and self.subtract_b_dec:  # an SAE with a skip term (sparsify's) may subtract it
             raise ValueError(
                 f"subtract_b_dec=True on a transcoder (reads {self.hookpoint!r}, writes {self.hookpoint_out!r}, "
-                f"d_out={self.resolved_d_out}, skip_connection={self.skip_connection}): b_dec is the bias of the "
-                "written activation, not of the input; set subtract_b_dec=False"
+                f"d_out={self.resolved_d_out}): b_dec is the bias of the written activation, not of the input; "
+                "set subtract_b_dec=False"
             )
 
     @property
