@@ -1,0 +1,94 @@
+"""`hubsae eval --suite`: core + dictionary end to end offline on a tiny Llama, seeds of one run
+aggregated in the report, and the errors for unknown or unavailable steps."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import tiny_llama_for
+from transformers import AutoTokenizer
+
+from hubsae.cli import main
+from hubsae.eval import evaluate
+from hubsae.eval.metrics import decoder_max_cosine
+from hubsae.eval.plots import have_matplotlib
+from hubsae.eval.report import text_contexts
+from hubsae.eval.seeds import matched_fraction
+from hubsae.eval.suite import STEPS, parse_suite, run_suite, seed_groups
+from hubsae.llm import smollm2_path
+from hubsae.saes import TopKSAE, TopKSAEConfig
+
+DOCS = ["The quick brown fox jumps over the lazy dog while the cat sleeps in the sun."] * 6
+
+
+def _sae(seed: int) -> TopKSAE:
+    torch.manual_seed(seed)
+    return TopKSAE(TopKSAEConfig(d_in=32, d_sae=64, k=4, hookpoint="model.layers.0")).eval()
+
+
+def test_suite_core_and_dictionary_over_seeds(tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
+    model = tiny_llama_for(tokenizer)
+    model_dir, data = tmp_path / "model", tmp_path / "held_out.txt"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data.write_text("\n".join(DOCS))
+    saes = {s: _sae(s) for s in (3, 4)}
+    for s, sae in saes.items():
+        sae.save_pretrained(tmp_path / "run" / f"seed_{s}" / "model.layers.0")
+    args = ["--model", str(model_dir), "--data", str(data), "--context-length", "16", "--max-contexts", "4"]
+    main(["eval", "--suite", "core,dictionary", str(tmp_path / "run"), *args, "--composition-steps", "20",
+          "--out", str(tmp_path / "ev")])  # fmt: skip
+    doc = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    names = [str(tmp_path / "run" / f"seed_{s}" / "model.layers.0") for s in saes]
+    assert doc["saes"] == names and doc["settings"]["suite"] == ["core", "dictionary"]
+    ctxs = list(text_contexts(str(data), tokenizer, 16))[:4]
+    want = evaluate(model, list(saes.values()), ctxs, special_ids=tokenizer.all_special_ids, progress=False)
+    fvus = [w.metrics["fvu"] for w in want]
+    for name, w in zip(names, want, strict=True):
+        assert doc["results"]["core"][name]["fvu"] == pytest.approx(w.metrics["fvu"], rel=1e-5)
+    cos = [float(decoder_max_cosine(sae.W_dec.detach()).mean()) for sae in saes.values()]
+    assert [doc["results"]["dictionary"][n]["mean_cos_sim"] for n in names] == pytest.approx(cos, rel=1e-5)
+    [(group, seeds)] = doc["seeds"].items()
+    assert group.endswith("seed_*/model.layers.0") and seeds["members"] == names
+    assert seeds["metrics"]["core/fvu"]["mean"] == pytest.approx(np.mean(fvus), rel=1e-5)
+    assert seeds["metrics"]["core/fvu"]["sd"] == pytest.approx(np.std(fvus, ddof=1), rel=1e-4)
+    W = [sae.W_dec.detach() for sae in saes.values()]
+    assert seeds["matching"]["pairs"][f"{names[0]} -> {names[1]}"]["matched"] == matched_fraction(W[0], W[1])
+    md = (tmp_path / "ev" / "eval.md").read_text()
+    assert "## core" in md and "## dictionary" in md and "| composition_random |" in md
+    assert "(2 seeds: mean +- sd" in md and "| core/fvu |" in md and "Cross-seed matching" in md
+    if have_matplotlib():
+        pngs = {p.name for p in (tmp_path / "ev").glob("*.png")}
+        assert "dictionary.png" in pngs and sum(p.startswith("core_density_") for p in pngs) == 2
+
+
+def test_dictionary_step_needs_no_model_and_core_does(tmp_path):
+    saes = {"a": _sae(0), "b": _sae(1)}
+    path = run_suite(["dictionary"], saes, tmp_path, options={"composition_steps": 5}, progress=False)
+    doc = json.loads(path.read_text())
+    assert doc["results"]["dictionary"]["a"]["unique_features"]["b"]["unique_at_0.2"] >= 0
+    assert doc["seeds"] == {}  # "a" and "b" are not seed folders of one run
+    with pytest.raises(ValueError, match="'core' needs a model"):
+        run_suite(["core"], saes, tmp_path, progress=False)
+
+
+def test_unknown_step_names_the_known_ones():
+    assert parse_suite("core, dictionary,core") == ["core", "dictionary"]
+    with pytest.raises(ValueError, match="'bogus'.*known: core, dictionary"):
+        parse_suite("core,bogus")
+    with pytest.raises(ValueError, match="known"):
+        main(["eval", "--suite", "bogus", "some_sae"])
+
+
+def test_a_missing_step_module_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "hubsae.eval.absorption", None)  # import now fails
+    with pytest.raises(ImportError, match="step 'absorption' needs hubsae.eval.absorption"):
+        STEPS["absorption"].run(None)
+
+
+def test_seed_groups():
+    names = ["r/seed_0/model.layers.1", "r/seed_1/model.layers.1", "r/seed_0/model.layers.2", "x/seed_0", "y"]
+    assert seed_groups(names) == {"r/seed_*/model.layers.1": names[:2]}
