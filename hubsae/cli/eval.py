@@ -1,7 +1,7 @@
 """Evaluate SAEs on held-out text: MSE, three FVU variants, L0, dead/dense latents, CE loss clean /
 spliced / zero-ablated, CE recovered, KL, decoder cosine. Writes eval.json, eval.md, density PNGs.
 
-`--suite core,dictionary,absorption,autointerp` runs those steps of `hubsae.eval.suite` in one command
+`--suite core,dictionary,absorption,probing,autointerp` runs those steps of `hubsae.eval.suite` in one command
 (one eval.json / eval.md, a PNG per metric family). A run folder of `hubsae train --seeds` (with
 `seed_<n>` folders) stands for its seeds; seeds of one run get mean +- sd and cross-seed matching.
 """
@@ -65,11 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-contexts", type=positive_int, default=64, help="contexts to evaluate on")
     parser.add_argument("--out", default="eval", help="output folder for eval.json, eval.md and the PNGs")
     parser.add_argument(
-        "--suite", default=None, help="comma-separated steps: core, dictionary, absorption, autointerp (default: core)"
+        "--suite", default=None, help="comma-separated steps: core, dictionary, absorption, probing, autointerp"
     )
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random controls and samples")
     parser.add_argument("--composition-steps", type=positive_int, default=1500, help="meta-SAE training steps")
     parser.add_argument("--absorption-words", type=positive_int, default=None, help="vocabulary words (default all)")
+    parser.add_argument("--probing-per-class", type=positive_int, default=100, help="texts per probing class")
     parser.add_argument("--autointerp-latents", type=positive_int, default=20, help="latents to explain per SAE")
     parser.add_argument(
         "--explainer-url", default=None, help="OpenAI-compatible chat endpoint for autointerp (default: SmolLM2)"
@@ -155,6 +156,7 @@ def run_suite_command(args: argparse.Namespace) -> None:
         "seed": args.seed,
         "composition_steps": args.composition_steps,
         "absorption_words": args.absorption_words,
+        "probing_per_class": args.probing_per_class,
         "autointerp_latents": args.autointerp_latents,
     }
     if args.explainer_url:

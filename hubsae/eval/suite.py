@@ -99,13 +99,40 @@ def run_absorption(run: SuiteRun) -> dict[str, dict]:
     """Feature absorption (SAEBench's first-letter task, `hubsae.eval.absorption`); a PNG per SAE."""
     absorption_module = _optional("absorption", "hubsae.eval.absorption")
     run.need_model("absorption")
-    config = absorption_module.AbsorptionConfig(max_words=run.options.get("absorption_words"))
+    fields = {"max_words": run.options.get("absorption_words"), **run.options.get("absorption_config", {})}
+    config = absorption_module.AbsorptionConfig(**fields)
     out = {}
     for name, sae in tqdm(run.saes.items(), desc="absorption", disable=not run.progress):
         result = absorption_module.absorption(run.model, run.tokenizer, sae, config=config)
         if have_matplotlib():
             absorption_module.plot_absorption(result, run.out_dir / _png_name("absorption", name), title=name)
         out[name] = result.to_dict()
+    return out
+
+
+def run_probing(run: SuiteRun) -> dict[str, dict]:
+    """Sparse probing (`hubsae.eval.probing`) on the offline labelled datasets ("code": a source
+    snippet's language, "fortunes": a fortune's category); per SAE a PNG of accuracy against k."""
+    probing_module = _optional("probing", "hubsae.eval.probing")
+    from ..data import labelled
+
+    run.need_model("probing")
+    per_class, seed = run.options.get("probing_per_class", 100), run.options.get("seed", 0)
+    loaders = {"code": labelled.code_snippets, "fortunes": labelled.fortunes}
+    names = run.options.get("probing_datasets", tuple(loaders))
+    unknown = [n for n in names if n not in loaders]
+    if unknown:
+        raise ValueError(f"unknown probing dataset(s) {unknown}; known: {', '.join(loaders)}")
+    data = {n: loaders[n](per_class=per_class, seed=seed) for n in names}
+    fields = {"batch_size": run.options.get("batch_size", 8), "seed": seed, **run.options.get("probing_config", {})}
+    config = probing_module.ProbingConfig(**fields)
+    out = {}
+    for name, sae in tqdm(run.saes.items(), desc="probing", disable=not run.progress):
+        results = {d: probing_module.sparse_probing(run.model, run.tokenizer, sae, texts, config=config)
+                   for d, texts in data.items()}  # fmt: skip
+        if have_matplotlib():
+            probing_module.plot_probing(results, run.out_dir / _png_name("probing", name), title=name)
+        out[name] = {d: r.to_dict() for d, r in results.items()}
     return out
 
 
@@ -142,6 +169,7 @@ STEPS: dict[str, Step] = {
     "core": Step(run_core, True, "FVU, L0, dead latents, CE loss recovered, KL (hubsae.eval.evaluate)"),
     "dictionary": Step(run_dictionary, False, "composition, unique features, MeanCosSim, with random controls"),
     "absorption": Step(run_absorption, True, "SAEBench feature absorption (first-letter task)"),
+    "probing": Step(run_probing, True, "sparse probing: top-k-latent vs full-activation probes, accuracy per k"),
     "autointerp": Step(run_autointerp, True, "explanations, detection and fuzzing scores, shuffled control"),
 }
 
@@ -194,7 +222,9 @@ def run_suite(
 ) -> Path:
     """Run the named steps on the SAEs (by name) and write `eval.json` and `eval.md` (plus each step's
     PNGs) into `out_dir`; returns the JSON's path. `options`: batch_size, max_contexts, seed,
-    composition_steps, absorption_words, autointerp_latents, explainer (a ChatBackend)."""
+    composition_steps, absorption_words, absorption_config and probing_config (dicts of AbsorptionConfig /
+    ProbingConfig fields), probing_datasets ("code", "fortunes"), probing_per_class, autointerp_latents,
+    explainer (a ChatBackend; default the embedded SmolLM2-Instruct)."""
     steps = parse_suite(steps)
     if not saes:
         raise ValueError("run_suite needs at least one SAE")
@@ -226,7 +256,7 @@ def _cell(value) -> str:
 
 def _table_keys(per_sae: Mapping[str, dict]) -> list[str]:
     keys = dict.fromkeys(k for m in per_sae.values() for k in flatten_numbers(m))
-    return [k for k in keys if "curve" not in k and not re.search(r"(^|/)letters/|(^|/)settings/", k)]
+    return [k for k in keys if "curve" not in k and not re.search(r"(^|/)(letters|settings|per_class)/", k)]
 
 
 def suite_markdown(doc: Mapping) -> str:
@@ -246,7 +276,7 @@ def suite_markdown(doc: Mapping) -> str:
         lines += [f"## seeds of `{group}` ({n} seeds: mean +- sd [95% bootstrap CI])", ""]
         lines += ["| metric | value |", "|---|---|"]
         for key, stats in summary["metrics"].items():
-            if stats["n"] == n and "curve" not in key and "/letters/" not in key:
+            if stats["n"] == n and not re.search(r"curve|/(letters|settings|per_class)/", key):
                 lines.append(f"| {key} | {format_mean_sd(stats)} |")
         match = summary["matching"]
         lines += ["", f"Cross-seed matching ({match['method']}, cosine >= {match['threshold']}): "]

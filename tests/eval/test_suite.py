@@ -92,3 +92,30 @@ def test_a_missing_step_module_is_a_clear_error(tmp_path, monkeypatch):
 def test_seed_groups():
     names = ["r/seed_0/model.layers.1", "r/seed_1/model.layers.1", "r/seed_0/model.layers.2", "x/seed_0", "y"]
     assert seed_groups(names) == {"r/seed_*/model.layers.1": names[:2]}
+
+
+def test_absorption_and_probing_steps_on_a_tiny_llama(tmp_path):
+    from hubsae.data.labelled import code_snippets
+    from hubsae.eval.absorption import AbsorptionConfig, absorption
+    from hubsae.eval.probing import ProbingConfig, sparse_probing
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
+    model = tiny_llama_for(tokenizer)
+    saes = {"s": _sae(0)}
+    absorb = dict(icl_examples=3, max_k=3, min_probe_f1=0.0, batch_size=64)
+    probe = dict(ks=(1, 2, 5), max_tokens=48)
+    options = dict(absorption_words=260, absorption_config=absorb, probing_datasets=("code",), probing_per_class=6,
+                   probing_config=probe)  # fmt: skip
+    path = run_suite(["absorption", "probing"], saes, tmp_path, model=model, tokenizer=tokenizer,
+                     contexts=lambda: iter(()), options=options, progress=False)  # fmt: skip
+    doc = json.loads(path.read_text())
+    want = absorption(model, tokenizer, saes["s"], config=AbsorptionConfig(max_words=260, **absorb))
+    got = doc["results"]["absorption"]["s"]
+    assert got["mean_absorption_fraction"] == pytest.approx(want.mean_absorption_fraction)
+    data = code_snippets(per_class=6, seed=0)
+    want = sparse_probing(model, tokenizer, saes["s"], data, config=ProbingConfig(seed=0, **probe))
+    assert doc["results"]["probing"]["s"]["code"]["llm_accuracy"] == pytest.approx(want.llm_accuracy)
+    md = (tmp_path / "eval.md").read_text()
+    assert "## absorption" in md and "| code/top_k_accuracy/1 |" in md and "per_class" not in md
+    if have_matplotlib():
+        assert {"absorption_s.png", "probing_s.png"} <= {p.name for p in tmp_path.glob("*.png")}
