@@ -119,3 +119,27 @@ def test_absorption_and_probing_steps_on_a_tiny_llama(tmp_path):
     assert "## absorption" in md and "| code/top_k_accuracy/1 |" in md and "per_class" not in md
     if have_matplotlib():
         assert {"absorption_s.png", "probing_s.png"} <= {p.name for p in tmp_path.glob("*.png")}
+
+
+class Shrugger:
+    """A chat backend that never answers in the scorers' format: explanations are its reply, every
+    score an unreadable answer."""
+
+    name = "shrugger"
+
+    def chat(self, messages, max_tokens: int, temperature: float = 0.0) -> str:
+        return "no idea"
+
+
+def test_autointerp_step_with_a_given_backend(tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
+    model = tiny_llama_for(tokenizer)
+    ctxs = list(text_contexts(DOCS * 4, tokenizer, 32))
+    options = dict(explainer=Shrugger(), autointerp_latents=2, max_contexts=len(ctxs))
+    path = run_suite(["autointerp"], {"s": _sae(0)}, tmp_path, model=model, tokenizer=tokenizer,
+                     contexts=lambda: iter(ctxs), options=options, progress=False)  # fmt: skip
+    summary = json.loads(path.read_text())["results"]["autointerp"]["s"]
+    assert summary["explainer"] == summary["scorer"] == "shrugger" and summary["n_latents"] == 2
+    full = json.loads((tmp_path / "autointerp_s" / "autointerp.json").read_text())
+    assert [li["explanation"] for li in full["latents"]] == ["no idea", "no idea"]
+    assert summary["detection_unparsed"] > 0
