@@ -288,6 +288,8 @@ def sae_entry(sae: SAE, metrics: Mapping[str, float] | None = None) -> dict:
         "base_model": cfg.base_model_name_or_path,
         "metrics": {},
     }
+    if cfg.hookpoint_out:  # a transcoder: where it writes, and how wide that is
+        entry.update(hookpoint_out=cfg.hookpoint_out, d_out=cfg.resolved_d_out)
     for name, value in (metrics or {}).items():
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
             raise ValueError(f"metric {name!r} of hookpoint {cfg.hookpoint!r} must be a number, got {value!r}")

@@ -111,3 +111,13 @@ def test_an_architecture_whose_reconstruct_ignores_the_target_refuses_to_train_a
     sae = hubsae.KronSAE(config)
     with pytest.raises(NotImplementedError, match="KronSAE.reconstruct takes no target="):
         sae(torch.randn(3, 8), target=torch.randn(3, 8))
+
+
+def test_the_hub_index_records_where_a_transcoder_writes():
+    from hubsae.hub import sae_entry
+
+    entry = sae_entry(skip_transcoder("topk"))
+    assert (entry["hookpoint"], entry["hookpoint_out"], entry["d_in"], entry["d_out"]) == (
+        "model.layers.0.mlp:input", "model.layers.0.mlp", D_IN, D_OUT,
+    )  # fmt: skip
+    assert "hookpoint_out" not in sae_entry(hubsae.TopKSAE(hubsae.TopKSAEConfig(d_in=4, d_sae=8, k=2)))
