@@ -321,7 +321,9 @@ def test_cli_writes_json_html_and_the_ablation_check(tokenizer, tmp_path, caplog
 
 def test_transcoder_nodes_and_edges_against_the_mlp_output_gradient(llama3, tokenizer):
     # reads the MLP's input (the post-attention norm's output), writes the MLP's output
-    tc = _topk("model.layers.0.post_attention_layernorm", seed=5, hookpoint_out="model.layers.0.mlp")
+    tc = _topk(
+        "model.layers.0.post_attention_layernorm", seed=5, hookpoint_out="model.layers.0.mlp", subtract_b_dec=False
+    )
     sae = _topk("model.layers.1", seed=6)
     inputs = tokenizer(PROMPT, return_tensors="pt")
     metric = token_logprob(" Paris", tokenizer)
@@ -442,7 +444,12 @@ def _edit(state, layer, what, position, feature=None):
 def test_linear_mode_is_exact_in_the_local_replacement_model(tokenizer):
     model = tiny_llama(tokenizer, attn_implementation="eager")  # eager: the attention patterns can be read
     tcs = [
-        _topk(f"model.layers.{i}.post_attention_layernorm", seed=7 + i, hookpoint_out=f"model.layers.{i}.mlp")
+        _topk(
+            f"model.layers.{i}.post_attention_layernorm",
+            seed=7 + i,
+            hookpoint_out=f"model.layers.{i}.mlp",
+            subtract_b_dec=False,  # b_dec is the written activation's bias
+        )
         for i in range(2)
     ]
     inputs = tokenizer(PROMPT, return_tensors="pt")
