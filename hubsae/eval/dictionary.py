@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 UNIQUE_THRESHOLD = 0.2  # OrtSAE §4
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
+# The meta-SAE's init draws torch.randn(width, d) like `random_unit_rows`: with the same seed its
+# decoder would start as the first rows of the random control (a head start for the control).
+META_SEED_OFFSET = 7_919
 
 
 def unit_rows(W: Tensor) -> Tensor:
@@ -68,7 +71,7 @@ def unique_feature_fraction(W_a: Tensor, W_b: Tensor, threshold: float = UNIQUE_
 
 def _meta_sae(d: int, width: int, k: int, mean: Tensor, seed: int) -> BatchTopKSAE:
     with torch.random.fork_rng(devices=[]):  # the global RNG of the caller is left as it was
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + META_SEED_OFFSET)
         sae = BatchTopKSAE(BatchTopKSAEConfig(d_in=d, d_sae=width, k=k))
     with torch.no_grad():
         sae.b_dec.copy_(mean)  # start at the rows' mean, so the dictionary spends itself on the rest

@@ -100,3 +100,12 @@ def test_dictionary_metrics_reports_controls():
     assert copy["unique_at_0.2"] == 0.0 and set(copy["curve"].values()) == {0.0}
     assert copy["unique_at_0.2_random"] > 0.5  # random rows in d = 128 rarely reach cosine 0.2
     assert "unique_features" not in dictionary_metrics(W, composition_steps=1, progress=False)
+
+
+def test_an_untrained_decoder_scores_like_its_random_control():
+    # regression: the meta-SAE's init once drew the control's own first rows (same seed, same randn)
+    torch.manual_seed(10)
+    untrained = torch.randn(128, 64)
+    out = dictionary_metrics(untrained, seed=0, composition_steps=60, progress=False)
+    assert out["composition"] == pytest.approx(out["composition_random"], abs=0.05)
+    assert out["mean_cos_sim"] == pytest.approx(out["mean_cos_sim_random"], abs=0.03)
