@@ -36,13 +36,17 @@ class TransformersChat:
     """A local transformers chat model, greedy at temperature 0, through the tokenizer's chat template.
 
     The default is the embedded SmolLM2-135M-Instruct (`hubsae.llm.load_causal_lm()`), so explaining
-    and scoring run offline on a CPU. It is a very weak explainer and judge: explanations from 135M
-    parameters are often generic ("words in a sentence") or copy an excerpt, and as a scorer it
-    rarely follows the one-list-per-prompt answer format for more than a few examples and leans to
-    answering all 1s or all 0s, which gives balanced accuracy near 0.5 whatever the explanation.
-    The papers use 8B to 70B explainers (delphi, arXiv 2410.13928: Llama-3.1-70B) or GPT-4o-mini
-    (SAEBench, arXiv 2503.09532). Read SmolLM2 numbers beside their shuffled control, and use
-    `OpenAIChat` with a strong model for numbers comparable to the papers.
+    and scoring run offline on a CPU. It is a very weak explainer and judge. On 8 latents of a hubsae
+    TopK SAE at its own layer 6 (recipes/smollm2-cpu.yaml), whose marked tokens were plain to see
+    (one fires on " know" in each context shown): 1 of its 8 explanations named the marked token, the
+    others quote an excerpt ('The latent responds to the sentence "The Fiend'); given a worked
+    example it copied the example's text instead. As a scorer at 5 excerpts per prompt none of its
+    448 answers was a readable list (it runs on past 5 items); at one excerpt per prompt it answered
+    "[2]" (no such example) to all 32 prompts of the latent measured, and in a probe with other
+    wording "[1]" to all 14 contexts of the " know" latent under the correct explanation (balanced
+    accuracy 0.5). The papers use far larger models (delphi,
+    arXiv 2410.13928: Llama-3.1-70B; SAEBench, arXiv 2503.09532: GPT-4o-mini): read SmolLM2 numbers
+    beside their shuffled control, and use `OpenAIChat` with a strong model for comparable numbers.
     """
 
     def __init__(self, model=None, tokenizer=None, name: str | None = None):
