@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .select import topk_rows
+from .select import BLOCK, topk_rows
 from .sparse_coding import _acc, _gather_sum, _latent_major, _take, argsort_ints
 
 logger = logging.getLogger(__name__)
@@ -97,34 +97,101 @@ def keyed_topk(values: Tensor, index: Tensor, k: int, signed: bool = True) -> Te
     return positions
 
 
+def first_topk(values: Tensor, k: int, signed: bool = True) -> Tensor:
+    """`keyed_topk` by position (the lower column first on ties), comparing the floats themselves.
+
+    The int64 keys cost three passes over the row and a top-k over twice the bytes; they are built
+    only for the rows where a tie straddles the k-th value (zero-valued winners when fewer than k
+    are positive, duplicated scores), elsewhere the k largest are one set and any top-k finds it.
+    On the CPU the candidates are the k blocks with the largest maxima, as in `select.topk_rows`:
+    a value equal to the k-th one can then hide only in an unchosen block whose maximum reaches it.
+    `values` may be a transposed view (the head maxima are (h, N) in memory). On CUDA: `keyed_topk`
+    (no data-dependent branch, so no device sync).
+    """
+    n_rows, n = values.shape
+    positions = torch.arange(n, device=values.device)
+    if values.device.type != "cpu":
+        return keyed_topk(values, positions, k, signed)
+    cols, chosen, block_max = _block_candidates(values, k)
+    cand = values if cols is None else values.gather(1, cols)
+    top, pick = cand.topk(k, dim=1, sorted=False)
+    kth = top.amin(1, keepdim=True)
+    tied = (cand >= kth).sum(1) > k
+    if cols is not None:
+        tied |= (block_max >= kth).sum(1) > (chosen >= kth).sum(1)
+        pick = cols.gather(1, pick)
+    rows = tied.nonzero().squeeze(1)
+    if rows.numel():
+        pick[rows] = keyed_topk(values[rows], positions, k, signed)
+    return pick
+
+
+def _block_candidates(values: Tensor, k: int) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(candidate columns (R, k*BLOCK + tail), the chosen blocks' maxima (R, k), all block maxima)
+    for `first_topk`; (None, None, None) when a row is too short for blocks to pay off."""
+    n = values.shape[1]
+    if n < 2 * BLOCK * k:
+        return None, None, None
+    n_blocks = n // BLOCK
+    body = n_blocks * BLOCK
+    # block j holds columns j, j + n_blocks, ...: its maximum is an elementwise max of BLOCK slabs, taken
+    # in the storage's own order (a strided reduction over a transposed view costs ~10x)
+    if values.stride(0) == 1 and values.shape[0] > 1:  # a transposed view, as the head maxima are
+        block_max = values.t()[:body].unflatten(0, (BLOCK, n_blocks)).amax(0).t()
+    else:
+        block_max = values[:, :body].unflatten(1, (BLOCK, n_blocks)).amax(1)
+    chosen, blocks = topk_rows(block_max, k)
+    cols = (blocks.unsqueeze(-1) + n_blocks * torch.arange(BLOCK, device=values.device)).flatten(1)
+    if body < n:  # the n % BLOCK tail columns belong to no block: always candidates
+        cols = torch.cat([cols, torch.arange(body, n, device=values.device).expand(values.shape[0], -1)], 1)
+    return cols, chosen, block_max
+
+
 # ---- selection --------------------------------------------------------------------------------
 
 
-def head_maxima(u: Tensor, v: Tensor, kind: str) -> Tensor:
-    """The largest pair score of each head, (N, h), from u (N, h, m) and v (N, h, n), exactly."""
+def head_maxima(u: Tensor, v: Tensor, kind: str, dim: int = -1, out: Tensor | None = None) -> Tensor:
+    """The largest pair score of each head, exactly, from u (.., m, ..) and v (.., n, ..) reduced over `dim`.
+
+    `out`: an optional (2, *shape) buffer for the ReLU kinds' factor maxima (the result is out[0]).
+    """
     if kind != "raw_prod":
-        return torch.relu(u.amax(-1)) * torch.relu(v.amax(-1))
-    u_lo, u_hi = u.aminmax(dim=-1)
-    v_lo, v_hi = v.aminmax(dim=-1)
+        u_max, v_max = (None, None) if out is None else out
+        u_max = torch.amax(u, dim, out=u_max) if u_max is not None else u.amax(dim)
+        v_max = torch.amax(v, dim, out=v_max) if v_max is not None else v.amax(dim)
+        return u_max.clamp_min_(0).mul_(v_max.clamp_min_(0))
+    u_lo, u_hi = u.aminmax(dim=dim)
+    v_lo, v_hi = v.aminmax(dim=dim)
     return torch.maximum(torch.maximum(u_hi * v_hi, u_lo * v_lo), torch.maximum(u_hi * v_lo, u_lo * v_hi))
 
 
+def workspace_rows(num_heads: int, m: int, n: int) -> int:
+    """Rows of a (rows, N) `KronCode` workspace: the encoder output's h*(m+n), then 2h for the head maxima."""
+    return num_heads * (m + n + 2)
+
+
 @torch.no_grad()
-def select_pairs(uv: Tensor, num_heads: int, m: int, n: int, k: int, kind: str) -> Tensor:
-    """Global TopK post-latent indices (N, k) (order k*m*n + i*n + j) from the encoder output uv (N, h*(m+n))."""
+def select_pairs(
+    uv: Tensor, num_heads: int, m: int, n: int, k: int, kind: str, scratch: Tensor | None = None
+) -> Tensor:
+    """Global TopK post-latent indices (N, k) (order k*m*n + i*n + j) from the encoder output uv (N, h*(m+n)).
+
+    Any memory layout works; the column-major one of `factor_preacts` is the fast one: there each
+    pre-latent is a contiguous row over the tokens, so a head's maximum is an elementwise maximum
+    of m (or n) rows instead of a short strided reduction per token. `scratch`: see `head_maxima`.
+    """
     n_tok, mn = uv.shape[0], m * n
-    uv_NHW = uv.view(n_tok, num_heads, m + n)
-    u, v = uv_NHW[..., :m], uv_NHW[..., m:]
+    uv_HWN = uv.t().unflatten(0, (num_heads, m + n))  # (h, m+n, N), a view
     signed = kind == "raw_prod"  # the ReLU kinds' scores are >= 0
-    heads = torch.arange(num_heads, device=uv.device)
-    heads_NK = keyed_topk(head_maxima(u, v, kind), heads, min(k, num_heads), signed)
+    maxima_HN = head_maxima(uv_HWN[:, :m], uv_HWN[:, m:], kind, dim=1, out=scratch)
+    heads_NK = first_topk(maxima_HN.t(), min(k, num_heads), signed)
     heads_NK = heads_NK.sort(-1).values  # candidates in post-latent order: a tie goes to the lower position
     kh = heads_NK.shape[1]
-    rows = (heads_NK + num_heads * torch.arange(n_tok, device=uv.device)[:, None]).reshape(-1)
-    sel_NKW = uv.reshape(n_tok * num_heads, m + n).index_select(0, rows).view(n_tok, kh, m + n)  # whole rows
+    cols = (heads_NK.unsqueeze(-1) * (m + n) + torch.arange(m + n, device=uv.device)).flatten(1)
+    sel_NKW = uv.gather(1, cols).view(n_tok, kh, m + n)  # the candidate heads' factors
     u_NKM, v_NKN = sel_NKW[..., :m], sel_NKW[..., m:]
     scores = pair_scores(u_NKM[..., :, None], v_NKN[..., None, :], kind).reshape(n_tok, kh * mn)
-    pos = keyed_topk(scores, torch.arange(kh * mn, device=uv.device), k, signed)  # (N, k) among the candidates
+    pos = first_topk(scores, k, signed)  # (N, k) among the candidates
     return heads_NK.gather(1, pos // mn) * mn + pos % mn
 
 
@@ -139,8 +206,9 @@ def factor_columns(indices: Tensor, m: int, n: int) -> tuple[Tensor, Tensor]:
 def select_dead(uv: Tensor, dead: Tensor, m: int, n: int, k_aux: int, kind: str, eps: float) -> Tensor:
     """AuxK's selection: the top-k_aux (N, k') of the dead post-latents `dead` (n_dead,), k' = min(k_aux, n_dead)."""
     cu, cv = factor_columns(dead, m, n)
-    acts = pair_values(uv.index_select(1, cu), uv.index_select(1, cv), kind, eps)  # (N, n_dead)
-    return dead[keyed_topk(acts, dead, min(k_aux, dead.numel()), signed=False)]
+    uv_WN = uv.t()  # rows of the column-major encoder output
+    acts = pair_values(uv_WN.index_select(0, cu), uv_WN.index_select(0, cv), kind, eps).t()  # (N, n_dead)
+    return dead[first_topk(acts, min(k_aux, dead.numel()), signed=False)]  # dead is sorted: same ties
 
 
 # ---- autograd ---------------------------------------------------------------------------------
@@ -161,19 +229,34 @@ class Winners:
         return torch.cat([self.cu, self.cv], 1), torch.cat([du, dv], 1)
 
 
+def factor_preacts(x: Tensor, W_enc: Tensor, b_enc: Tensor, out: Tensor | None = None) -> Tensor:
+    """The fused encoder output uv = x W_enc + b_enc (N, h*(m+n)), the only dense GEMM, column-major.
+
+    It is computed as uv^T = W_enc^T x^T into a (h*(m+n), N) buffer (`out`, reused across steps by
+    the caller, or a new one) and returned as its transposed view: the selection then reads whole
+    rows (`select_pairs`). The GEMM reads both operands in place, transposed or not.
+    """
+    return torch.addmm(b_enc.unsqueeze(1), W_enc.t(), x.t(), out=out).t()
+
+
 class KronCode(torch.autograd.Function):
     """(x, W_enc, b_enc) -> (values, indices, aux values | None, aux indices | None).
 
     values (N, k) are the TopK post-latents at `indices` (global post-latent ids), differentiable
     in x, W_enc and b_enc; aux_* are AuxK's top-k_aux among the `dead` post-latents (None when
-    there are none). Decode them with any gather-sum (`embedding_bag`).
+    there are none). Decode them with any gather-sum (`embedding_bag`). `workspace` is an optional
+    (`workspace_rows`, N) buffer for the encoder output and the head maxima, used within the forward only.
     """
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, shape: tuple[int, int, int, int], kind: str, eps: float, dead, k_aux: int):
+    def forward(ctx, x, W_enc, b_enc, shape: tuple[int, int, int, int], kind: str, eps: float, dead, k_aux, workspace):
         num_heads, m, n, k = shape
-        uv = torch.addmm(b_enc, x, W_enc)  # (N, h*(m+n)), the only dense GEMM
-        main = Winners(uv, select_pairs(uv, num_heads, m, n, k, kind), m, n, kind, eps)
+        out = scratch = None
+        if workspace is not None:
+            out, scratch = workspace.split([W_enc.shape[1], 2 * num_heads])
+            scratch = scratch.unflatten(0, (2, num_heads))
+        uv = factor_preacts(x, W_enc, b_enc, out)  # (N, h*(m+n)), column-major
+        main = Winners(uv, select_pairs(uv, num_heads, m, n, k, kind, scratch), m, n, kind, eps)
         aux = None
         if dead is not None and dead.numel() > 0:
             aux = Winners(uv, select_dead(uv, dead, m, n, k_aux, kind, eps), m, n, kind, eps)
@@ -195,16 +278,18 @@ class KronCode(torch.autograd.Function):
                 cols.append(c)
                 grads.append(g)
         if not cols:  # neither output reached the loss
-            return None, None, None, None, None, None, None, None
+            return (None,) * 9
         cols_NP, grads_NP = torch.cat(cols, 1), torch.cat(grads, 1)  # (N, pairs per token)
         dx, dW_enc, db_enc = factor_backward(cols_NP, grads_NP, x, W_enc, ctx.needs_input_grad[0])
-        return dx, dW_enc, db_enc, None, None, None, None, None
+        return dx, dW_enc, db_enc, None, None, None, None, None, None
 
 
 def factor_backward(cols: Tensor, grads: Tensor, x: Tensor, W_enc: Tensor, want_dx: bool):
     """(d x | None, d W_enc, d b_enc) from d uv given as (N, P) columns and gradients (duplicates add up).
 
     dW_enc[:, c] = sum over triples (t, c, g) of g x[t], a gather-sum over the triples sorted by c.
+    It fills dW_enc^T row by row, so d W_enc comes back column-major: autograd keeps it as it is
+    for a column-major W_enc and copies it into W_enc's layout otherwise.
     """
     n_tok, per = cols.shape
     width = W_enc.shape[1]
@@ -230,12 +315,14 @@ def kron_code(
     eps: float,
     dead_mask: Tensor | None = None,
     k_aux: int = 0,
+    workspace: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Functional entry point of `KronCode` on flattened x (N, d_in); shape = (num_heads, m, n, k)."""
+    """Functional entry point of `KronCode` on flattened x (N, d_in); shape = (num_heads, m, n, k);
+    `workspace`: see `KronCode`."""
     dead = None
     if dead_mask is not None and k_aux > 0:
         dead = dead_mask.nonzero().squeeze(1)
-    return KronCode.apply(x, W_enc, b_enc, shape, kind, eps, dead, k_aux)
+    return KronCode.apply(x, W_enc, b_enc, shape, kind, eps, dead, k_aux, workspace)
 
 
 class GroupedDecode(torch.autograd.Function):
@@ -307,6 +394,8 @@ __all__ = [
     "KronCode",
     "GroupedDecode",
     "factor_columns",
+    "factor_preacts",
+    "first_topk",
     "grouped_decode",
     "finalize",
     "head_maxima",
@@ -318,4 +407,5 @@ __all__ = [
     "pair_values",
     "select_dead",
     "select_pairs",
+    "workspace_rows",
 ]

@@ -45,6 +45,7 @@ from ..ops.kron import (
     keyed_topk,
     kron_code,
     pair_scores,
+    workspace_rows,
 )
 from ..ops.sparse_coding import auxk_from_decoded
 from .base import SAE, register
@@ -211,6 +212,25 @@ class KronSAE(SAE):
         init.zeros_(self.b_dec)
         self.selection.init(self)
 
+    def workspace(self, n_tok: int) -> Tensor | None:
+        """A (`workspace_rows`, n_tok) buffer for the encoder output and head maxima, kept across CPU training steps.
+
+        A fresh (N, h*(m+n)) tensor each step costs its page faults (on the CPU a large allocation
+        is new memory from the OS: ~0.3 ms per MiB here). None on CUDA (its caching allocator reuses
+        memory already), without autograd (inference batches may be of any size) and under autocast
+        (no out= there). One buffer per SAE: two threads must not run its training forward at once.
+        """
+        W, cfg = self.W_enc, self.config
+        if W.device.type != "cpu" or not (torch.is_grad_enabled() and W.requires_grad):
+            return None
+        if torch.is_autocast_enabled("cpu"):
+            return None
+        rows = workspace_rows(cfg.num_heads, cfg.m, cfg.n)
+        buffer = self.__dict__.get("_workspace")
+        if buffer is None or buffer.numel() < rows * n_tok or buffer.dtype != W.dtype:
+            buffer = self.__dict__["_workspace"] = torch.empty(rows * n_tok, dtype=W.dtype)
+        return buffer[: rows * n_tok].view(rows, n_tok)
+
     def parents(self) -> tuple[Tensor, Tensor]:
         """Encoder rows of the pre-latents: base P (h, m, d_in) and extension Q (h, n, d_in)."""
         cfg = self.config
@@ -259,7 +279,8 @@ class KronSAE(SAE):
         cfg = self.config
         x_in = x_ND - self.b_dec if cfg.subtract_b_dec else x_ND
         shape = (cfg.num_heads, cfg.m, cfg.n, cfg.k)
-        return kron_code(x_in, self.W_enc, self.b_enc, shape, cfg.composition, cfg.mand_eps, dead_mask, k_aux)
+        work = self.workspace(x_in.shape[0])
+        return kron_code(x_in, self.W_enc, self.b_enc, shape, cfg.composition, cfg.mand_eps, dead_mask, k_aux, work)
 
     def encode_sparse(self, x: Tensor) -> SparseCode:
         """The active post-latents, (..., k) each; pairs with `decode_sparse`.
