@@ -148,7 +148,7 @@ def dictionary_metrics(
     `mean_cos_sim`, `composition` (and `*_random`), and per other SAE in `others` the unique-feature
     fraction at 0.2 and the whole curve (`unique_features[name] = {"curve", "random_curve", ...}`)."""
     n, d = W_dec.shape
-    control = random_unit_rows(n, d, seed)
+    control = random_unit_rows(n, d, seed).to(W_dec.device)  # the meta-SAEs train where the decoder lives
     out = {
         "mean_cos_sim": mean_cos_sim(W_dec),
         "mean_cos_sim_random": mean_cos_sim(control),
@@ -157,7 +157,7 @@ def dictionary_metrics(
     }
     unique = {}
     for name, other in (others or {}).items():
-        partner_control = random_unit_rows(other.shape[0], other.shape[1], seed + 1)
+        partner_control = random_unit_rows(other.shape[0], other.shape[1], seed + 1).to(other.device)
         curve = unique_feature_curve(W_dec, other, thresholds)
         unique[name] = {
             "unique_at_0.2": unique_feature_fraction(W_dec, other),

@@ -81,7 +81,7 @@ def run_core(run: SuiteRun) -> dict[str, dict]:
 def run_dictionary(run: SuiteRun) -> dict[str, dict]:
     """`hubsae.eval.dictionary.dictionary_metrics` per SAE; unique features against every other SAE of
     the same width d; one PNG with the unique-feature curves and composition beside its control."""
-    decoders = {name: sae.W_dec.detach().float().cpu() for name, sae in run.saes.items()}
+    decoders = {name: sae.W_dec.detach().float() for name, sae in run.saes.items()}
     out = {}
     seed = run.options.get("seed", 0)
     for i, (name, W) in enumerate(tqdm(decoders.items(), desc="dictionary", disable=not run.progress)):
@@ -203,7 +203,7 @@ def summarize_seeds(results: Mapping[str, Mapping[str, dict]], saes: Mapping[str
     out = {}
     for group, members in seed_groups(saes).items():
         per_seed = [{step: results[step][m] for step in results if m in results[step]} for m in members]
-        matching = cross_seed_matching({m: saes[m].W_dec.detach().float().cpu() for m in members})
+        matching = cross_seed_matching({m: saes[m].W_dec.detach().float() for m in members})
         out[group] = {"members": members, "metrics": aggregate(per_seed), "matching": matching}
     return out
 
