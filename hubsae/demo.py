@@ -2,14 +2,18 @@
 reload it with `AutoSAE.from_pretrained`, print its metrics on held-out text, then find the SAE's
 feature for a concept (the sea) and steer generations with it, each step chosen by measurement:
 candidates ranked by how specifically they fire on sea text against held-out corpus text, a
-steering curve (concept and fluency against strength) per candidate, and the feature and strength
-with the most concept whose fluency stays within a stated margin of the unsteered text.
-About 3 minutes on 2 idle CPU cores (300k training tokens).
+steering curve (concept and fluency against strength) per candidate and for the top candidates
+steered together, and the one with the most concept whose fluency stays within a stated margin of
+the unsteered text. At layer 6 the sea latents are mostly token-identity latents ("sea", "waves",
+"boat"): steering with one makes the model write "the the sea" or drop the noun, so the report
+counts, per prompt, whether the steered text names the sea at all (`CONCEPT_WORDS`, never used to
+choose). `--layer` trains the SAE elsewhere (SmolLM2 has 30 layers).
 """
 
 import argparse
 import logging
 import math
+import re
 import time
 from itertools import islice
 
@@ -19,7 +23,13 @@ from .auto import AutoSAE
 from .eval import write_browser
 from .eval.concepts import describe_candidates, rank_concept_features
 from .eval.report import text_contexts
-from .eval.steering import describe_point, pick_strength, probe_scorer, steering_sweep, write_sweep
+from .eval.steering import (
+    describe_point,
+    pick_strength,
+    probe_scorer,
+    steering_sweep,
+    write_sweep,
+)
 from .llm import load_smollm2
 from .train import TrainConfig, Trainer
 
@@ -52,8 +62,21 @@ NEUTRAL_TEXTS = [
     "We planted tomatoes and beans in the garden, and by the end of summer the vegetables were ready.",
     "The train left the station at noon, carrying families home for the holidays across the mountains.",
 ]
-PROMPTS = ["My favourite thing is", "Tell me about your weekend.", "The best way to spend a day is"]
-STRENGTHS = (0.2, 0.35, 0.5)  # steering coefficients, in fractions of each token's ||x||
+PROMPTS = [
+    "My favourite thing is",
+    "Tell me about your weekend.",
+    "The best way to spend a day is",
+    "Last summer my family and I",
+    "I woke up this morning and",
+]
+STRENGTHS = (0.2, 0.35, 0.5, 0.7)  # steering coefficients, in fractions of each token's ||x||
+GROUP = 3  # the top candidates also steered together, along the unit sum of their directions
+# words that make the concept visible in a text: counted in the report, never used to choose
+CONCEPT_WORDS = re.compile(
+    r"\b(sea|seas|ocean\w*|wave\w*|ship\w*|sail\w*|shore\w*|boat\w*|beach\w*|tide\w*|mariner\w*|"
+    r"fish\w*|coast\w*|harbou?r\w*|island\w*|water\w*|surf\w*|voyage\w*|deck\w*|captain\w*)\b",
+    re.IGNORECASE,
+)
 MAX_PERPLEXITY_RATIO = 3.0  # fluency margin: the steered text's perplexity at most 3x the unsteered
 MAX_REPETITION_INCREASE = 0.2  # ... and at most 20% more repeated bigrams
 # greedy, but no verbatim loops: a 135M model otherwise repeats one steered phrase to the end
@@ -119,11 +142,13 @@ def concept_steering(model, tokenizer, sae, neutral_ids: list[torch.Tensor], arg
     candidates = rank_concept_features(model, sae, concept_ids, neutral_ids, n=args.candidates)
     # one judge for every candidate: a probe that needs no SAE, 0 on neutral text and 1 on sea text
     probe = probe_scorer(model, hookpoint, concept_ids, neutral_ids)
+    features = [c.feature for c in candidates]
+    features += [tuple(features[:GROUP])] if len(features) > 1 else []
     curves = steering_sweep(
         model,
         tokenizer,
         sae,
-        [c.feature for c in candidates],
+        features,
         STRENGTHS,
         PROMPTS,
         scorer_for=lambda feature: probe,
@@ -138,28 +163,51 @@ def concept_steering(model, tokenizer, sae, neutral_ids: list[torch.Tensor], arg
         f"features for {CONCEPT!r}: fire on {len(CONCEPT_TEXTS)} sea texts vs {len(neutral_ids)} neutral texts "
         "(held-out corpus contexts and modern prose) (specificity = z-score of the firing rate on them against the neutral rate, so dense features lose):",
         *describe_candidates(candidates, tokenizer),
-        f"steering curves (strength x ||x|| on generated tokens; concept = a sea probe at {hookpoint} reading "
-        "the generated text with the unsteered model, 0 = corpus text, 1 = sea text; "
-        "fluency = perplexity under the clean model, repeated bigrams):",
+        f"steering curves on {len(PROMPTS)} prompts (strength x ||x|| on generated tokens; the top {GROUP} also "
+        f"together; concept = a sea probe at {hookpoint} reading the generated text with the unsteered model, "
+        "0 = neutral text, 1 = sea text; fluency = perplexity under the clean model, repeated bigrams; "
+        "sea words = texts with a sea word):",
+        f"  unsteered: {describe_point(curves[0].baseline)}, sea words {_visible(curves[0].baseline)}",
     ]
     for curve, pick in zip(curves, picks, strict=True):
-        lines.append(f"  feature {curve.feature}: unsteered {describe_point(curve.baseline)}")
-        lines += [f"    {p.strength:g} x ||x||: {describe_point(p)}" for p in curve.points]
+        lines.append(f"  {curve.label}:")
+        lines += [f"    {p.strength:g} x ||x||: {describe_point(p)}, sea words {_visible(p)}" for p in curve.points]
         lines.append(f"    best within the margins: strength {pick.strength:g}")
     lines.append(
-        f"chose feature {best.feature} at {point.strength:g} x ||x||: the most concept with perplexity within "
+        f"chose {best.label} at {point.strength:g} x ||x||: the most concept with perplexity within "
         f"{MAX_PERPLEXITY_RATIO:g}x and repetition +{MAX_REPETITION_INCREASE:g} of the unsteered text "
         f"({', '.join(str(p) for p in paths.values())})"
     )
     return lines, best, point
 
 
+def _visible(point) -> str:
+    """How many of the point's texts name the concept, as 'n/N'."""
+    return f"{sum(bool(CONCEPT_WORDS.search(t)) for t in point.texts)}/{len(point.texts)}"
+
+
 def steering_lines(curve, point) -> list[str]:
-    """Plain vs steered text per prompt, with the numbers of both."""
-    lines = [f"  unsteered: {describe_point(curve.baseline)}", f"  steered:   {describe_point(point)}"]
-    for prompt, plain, steered in zip(PROMPTS, curve.baseline.texts, point.texts, strict=True):
-        lines += [f"  prompt:  {prompt!r}", f"    plain:   {plain!r}", f"    steered: {steered!r}"]
+    """Plain vs steered text per prompt, with the numbers of both (sea words in [[ ]])."""
+    lines = [
+        f"  unsteered: {describe_point(curve.baseline)}, sea words {_visible(curve.baseline)}",
+        f"  steered:   {describe_point(point)}, sea words {_visible(point)}",
+    ]
+    rows = zip(PROMPTS, curve.baseline.texts, point.texts, strict=True)
+    for i, (prompt, plain, steered) in enumerate(rows):
+        numbers = [
+            f"concept={p.prompt_concepts[i]:.2f} perplexity={p.prompt_perplexities[i]:.1f}"
+            for p in (curve.baseline, point)
+        ]
+        lines += [
+            f"  prompt:  {prompt!r}",
+            f"    plain:   {numbers[0]}  {_marked(plain)!r}",
+            f"    steered: {numbers[1]}  {_marked(steered)!r}",
+        ]
     return lines
+
+
+def _marked(text: str) -> str:
+    return CONCEPT_WORDS.sub(lambda m: f"[[{m.group(0)}]]", text)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -198,7 +246,7 @@ def run(args: argparse.Namespace) -> None:
         "top feature per token:",
         *lines,
         *steering,
-        f"steering with feature {curve.feature} ({CONCEPT!r}) at {point.strength:g} x ||x||, greedy, "
+        f"steering with {curve.label} ({CONCEPT!r}) at {point.strength:g} x ||x||, greedy, "
         f"{args.max_new_tokens} new tokens:",
         *steering_lines(curve, point),
         f"feature browser (open offline in any browser): {page}",

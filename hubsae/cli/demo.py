@@ -7,7 +7,9 @@ from .. import demo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--layer", type=int, default=6, help="residual stream after this decoder layer")
+    parser.add_argument(
+        "--layer", type=int, default=6, help="residual stream after this decoder layer (of SmolLM2's 30)"
+    )
     parser.add_argument("--expansion-factor", type=int, default=8)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=300_000, help="training tokens")

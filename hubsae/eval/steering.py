@@ -261,11 +261,15 @@ def steering_sweep(
     recorded = dict(prompts=list(prompts), positions=positions, relative=relative, **settings)
     recorded["hookpoint"] = _hookpoint(sae, hookpoint)
     curves = []
+    scored: list[tuple[Scorer, SteeringPoint]] = []  # a scorer shared by features scores the unsteered text once
     for feature in features:
         feature = int(feature) if isinstance(feature, numbers.Integral) else tuple(int(f) for f in feature)
         _group(feature, sae)  # a bad feature fails before any generation
         score = scorer_for(feature) if scorer_for else feature_scorer(model, sae, feature, hookpoint)
-        baseline = _point(model, tokenizer, inputs, settings, score, 0.0)
+        baseline = next((point for scorer, point in scored if scorer is score), None)
+        if baseline is None:
+            baseline = _point(model, tokenizer, inputs, settings, score, 0.0)
+            scored.append((score, baseline))
         points = []
         for strength in strengths:
             coefficients = steering_coefficients(sae, feature, strength)

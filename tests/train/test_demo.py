@@ -6,8 +6,9 @@ import logging
 
 import pytest
 
-from hubsae import AutoSAE
+from hubsae import AutoSAE, demo
 from hubsae.cli import main
+from hubsae.eval.steering import feature_label
 
 
 @pytest.mark.slow
@@ -45,10 +46,16 @@ def test_demo_trains_saves_reloads_and_steers(tmp_path, caplog, monkeypatch):
     # the feature and strength come from the measured curves, and the steered text is shown per prompt
     assert "features for 'the sea'" in report and "steering curves" in report and "chose feature" in report
     curves = json.loads((tmp_path / "run" / "steering" / "steering.json").read_text())["curves"]
-    assert len(curves) == 2 and all(len(c["points"]) == 3 for c in curves)
-    chosen = int(report.split("chose feature ")[1].split()[0])
-    assert chosen in [c["feature"] for c in curves]
-    assert report.count("    steered: ") == 3 and report.count("    plain:   ") == 3
+    # the two candidates, then both steered together
+    assert len(curves) == 3 and all(len(c["points"]) == len(demo.STRENGTHS) for c in curves)
+    assert curves[2]["feature"] == [curves[0]["feature"], curves[1]["feature"]]
+    chosen = report.split("chose ")[1].split(" at ")[0]
+    assert chosen in [
+        feature_label(c["feature"] if isinstance(c["feature"], int) else tuple(c["feature"])) for c in curves
+    ]
+    n = len(demo.PROMPTS)
+    assert report.count("    steered: concept=") == n and report.count("    plain:   concept=") == n
+    assert "sea words " in report
     page = tmp_path / "run" / "browser" / "index.html"
     assert f"feature browser (open offline in any browser): {page}" in report
     assert "<html" in page.read_text()[:500].lower()
