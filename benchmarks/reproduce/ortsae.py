@@ -116,25 +116,35 @@ def dictionary_metrics(args) -> None:
     """Composition (hubsae.eval.dictionary.composition_rate: a BatchTopK meta-SAE, dictionary F/4,
     k = 4, on the unit decoder rows; its EV, lower = more atomic) and the unique-feature curve
     (fraction of latents whose max cosine to the other SAE's latents is below t; OrtSAE uses 0.2),
-    for the seed-0 decoders, beside random unit rows of the same shape."""
+    beside random unit rows of the same shape. Pairs are always from *different* seeds: SAEs of the
+    same seed share their initialization, and 400 steps do not move them far from it."""
     from hubsae.eval.dictionary import composition_rate, random_unit_rows, unique_feature_curve
 
-    names = {"BatchTopK": "BatchTopK_full_seed0", "OrtSAE": "OrtSAE_full_seed0", "OrtSAE modified": "OrtSAE_mod_seed0"}
-    decoders = {k: load_file(args.decoders / f"{v}.safetensors")["W_dec"] for k, v in names.items()}
-    decoders["random unit rows"] = random_unit_rows(args.d_sae, D, seed=0)
-    control = random_unit_rows(args.d_sae, D, seed=1)
-    thresholds = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
+    def load(stem: str):
+        return load_file(args.decoders / f"{stem}.safetensors")["W_dec"]
+
+    decoders = {
+        "BatchTopK seed 0": load("BatchTopK_full_seed0"),
+        "OrtSAE seed 0": load("OrtSAE_full_seed0"),
+        "OrtSAE modified seed 0": load("OrtSAE_mod_seed0"),
+        "random unit rows": random_unit_rows(args.d_sae, D, seed=0),
+    }
+    partners = {
+        "BatchTopK seed 0": ("BatchTopK seed 1", load("BatchTopK_full_seed1")),
+        "OrtSAE seed 0": ("BatchTopK seed 1", load("BatchTopK_full_seed1")),
+        "OrtSAE modified seed 0": ("BatchTopK seed 1", load("BatchTopK_full_seed1")),
+        "random unit rows": ("other random rows", random_unit_rows(args.d_sae, D, seed=1)),
+    }
+    thresholds = (0.1, 0.2, 0.3, 0.4, 0.5)
     rows = []
     for name, W in decoders.items():
-        other = control if name == "random unit rows" else decoders["BatchTopK" if name != "BatchTopK" else "OrtSAE"]
+        partner, other = partners[name]
         curve = unique_feature_curve(W, other, thresholds)
         comp = composition_rate(W, steps=args.composition_steps, seed=0)
-        rows.append([name, comp, *(f"{curve[t]:.3f}" for t in thresholds)])
-        logger.info("%s: composition %.4f, unique %s", name, comp, curve)
-    heads = ["decoder (seed 0)", "composition (meta-SAE EV)", *(f"unique < {t}" for t in thresholds)]
-    print(
-        f"unique: vs BatchTopK (BatchTopK: vs OrtSAE; random: vs other random rows); meta-SAE {args.composition_steps} steps"
-    )
+        rows.append([name, comp, partner, *(f"{curve[t]:.3f}" for t in thresholds)])
+        logger.info("%s: composition %.4f, unique vs %s %s", name, comp, partner, curve)
+    heads = ["decoder", "composition (meta-SAE EV)", "unique vs", *(f"unique < {t}" for t in thresholds)]
+    print(f"meta-SAE: {args.composition_steps} steps, width F/4, k = 4")
     print(table(rows, heads))
 
 
