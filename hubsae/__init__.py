@@ -29,6 +29,7 @@ _LAZY = {
     "evaluate": "hubsae.eval",
     "pick_strength": "hubsae.eval",
     "rank_concept_features": "hubsae.eval",
+    "run_suite": "hubsae.eval",
     "steering_sweep": "hubsae.eval",
     "write_browser": "hubsae.eval",
     "Recording": "hubsae.hooks",
