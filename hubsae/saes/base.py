@@ -19,7 +19,6 @@ target=y)` trains it against y, and the architecture only sees the target it mus
 """
 
 import importlib
-import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -446,10 +445,6 @@ class SAE(PreTrainedModel):
         if tuple(target.shape) != want:
             raise ValueError(f"target has shape {tuple(target.shape)}, expected {want} (the input's tokens, d_out)")
         self.check_dtype(target)
-        if not _takes_target(type(self)):
-            raise NotImplementedError(
-                f"{type(self).__name__}.reconstruct takes no target=, so it cannot be trained as a transcoder yet"
-            )
         aim = self.normalize_target(target, stats)
         return aim if skip is None else aim - skip
 
@@ -481,11 +476,6 @@ class SAE(PreTrainedModel):
         unit = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).eps)
         parallel = (self.W_dec.grad * unit).sum(-1, keepdim=True)
         self.W_dec.grad.sub_(parallel * unit)
-
-
-def _takes_target(cls: type[SAE]) -> bool:
-    """Whether an architecture's `reconstruct` accepts the target (all in hubsae but KronSAE's, for now)."""
-    return "target" in inspect.signature(cls.reconstruct).parameters
 
 
 REGISTRY: dict[str, tuple[type[SAEConfig], type[SAE]]] = {}

@@ -302,9 +302,13 @@ class KronSAE(SAE):
             return super().encode(x)
         return self.encode_sparse(x).to_dense(self.config.d_sae)
 
-    def reconstruct(self, x: Tensor, wants_losses: bool, **loss_kwargs):
+    def reconstruct(self, x: Tensor, wants_losses: bool, target: Tensor | None = None, **loss_kwargs):
         """TopK runs the sparse Kron path (selection through head maxima, k-sparse decode and
         backward); JumpReLU, or HUBSAE_SPARSE_TRAIN=0, a dense one (logged once)."""
+        if target is not None:  # neither path decodes to another activation yet
+            raise NotImplementedError(
+                f"{type(self).__name__}.reconstruct takes no target=, so it cannot be trained as a transcoder yet"
+            )
         path = self.training_path()
         if wants_losses:
             announce_kron_path(type(self).__name__, path)
