@@ -61,6 +61,7 @@ __all__ = [
     "first_letter_prompt",
     "main_latents",
     "plot_absorption",
+    "word_activations",
 ]
 
 LETTERS = string.ascii_lowercase
@@ -187,7 +188,7 @@ def first_letter_prompt(word: str, examples: Sequence[str], template: str) -> st
 
 
 @torch.no_grad()
-def _word_activations(model, tokenizer, hookpoint: str, words: list[tuple[int, str]], config: AbsorptionConfig):
+def _prompt_activations(model, tokenizer, hookpoint: str, words: list[tuple[int, str]], config: AbsorptionConfig):
     """Activations (N, d) at each word's token and the indices of the words kept (one token in context)."""
     rng = random.Random(config.seed)
     vocab = [w for _, w in words]
@@ -298,17 +299,23 @@ def absorption(
     hookpoint = hookpoint or sae.config.hookpoint
     if hookpoint is None:
         raise ValueError(f"{type(sae).__name__} has no config.hookpoint; pass hookpoint='model.layers.N'")
+    acts, labels = word_activations(model, tokenizer, hookpoint, config)
+    result = absorption_from_activations(acts, labels, sae, config)
+    result.settings.update(hookpoint=hookpoint, num_words=len(labels))
+    return result
+
+
+def word_activations(model: nn.Module, tokenizer, hookpoint: str, config: AbsorptionConfig) -> tuple[Tensor, Tensor]:
+    """Steps 1-2: the LLM's activations (N, d) at each vocabulary word's token in its ICL prompt and the
+    words' first-letter labels (N,). They do not depend on the SAE: compute them once for several."""
     words = alphabetic_tokens(tokenizer)
     if len(words) <= config.icl_examples:
         raise ValueError(f"the tokenizer has only {len(words)} alphabetic tokens, fewer than the ICL examples")
     if config.max_words is not None and config.max_words < len(words):
         words = sorted(random.Random(config.seed).sample(words, config.max_words))
-    acts, kept = _word_activations(model, tokenizer, hookpoint, words, config)
+    acts, kept = _prompt_activations(model, tokenizer, hookpoint, words, config)
     logger.info("absorption: %d of %d words stay one token in their prompt", len(kept), len(words))
-    labels = torch.tensor([LETTERS.index(words[i][1].strip()[0].lower()) for i in kept])
-    result = absorption_from_activations(acts, labels, sae, config)
-    result.settings.update(hookpoint=hookpoint, num_words=len(kept))
-    return result
+    return acts, torch.tensor([LETTERS.index(words[i][1].strip()[0].lower()) for i in kept])
 
 
 def plot_absorption(result: AbsorptionResult, path: str | os.PathLike, title: str = "feature absorption") -> Path:

@@ -31,7 +31,17 @@ from .probes import accuracy, fit_k_sparse_probe, fit_probe, train_test_split
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProbingConfig", "ProbingResult", "plot_probing", "pooled_features", "probe_tasks", "sparse_probing"]
+__all__ = [
+    "ProbingConfig",
+    "ProbingResult",
+    "plot_probing",
+    "pool_features",
+    "pooled_features",
+    "probe_tasks",
+    "sparse_probing",
+    "sparse_probing_from_activations",
+    "text_activations",
+]
 
 
 @dataclass
@@ -64,11 +74,19 @@ def pooled_features(
     model: nn.Module, tokenizer, sae: SAE, hookpoint: str, texts: Sequence[str], config: ProbingConfig
 ) -> tuple[Tensor, Tensor]:
     """(N, d) mean activation and (N, F) mean SAE latents of each text over its non-special tokens."""
+    return pool_features(text_activations(model, tokenizer, hookpoint, texts, config), sae)
+
+
+@torch.no_grad()
+def text_activations(
+    model: nn.Module, tokenizer, hookpoint: str, texts: Sequence[str], config: ProbingConfig
+) -> list[Tensor]:
+    """Per text, the activations (T_i, d) of its non-special tokens (truncated to `max_tokens`). They do
+    not depend on the SAE: compute them once and `pool_features` them for each SAE."""
     harvest = Harvester(model, [hookpoint])
-    dtype = next(sae.parameters()).dtype
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    resid, latents = [], []
+    out = []
     for start in tqdm(range(0, len(texts), config.batch_size), desc="probing: text activations"):
         batch = [
             tokenizer(t, truncation=True, max_length=config.max_tokens)["input_ids"]
@@ -78,14 +96,20 @@ def pooled_features(
         ids = torch.tensor([row + [pad] * (width - len(row)) for row in batch])
         mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in batch])
         acts_BTD = harvest(ids, attention_mask=mask)[hookpoint].float()
-        keep_BT = (mask.bool() & ~torch.isin(ids, special)).float()
+        keep_BT = mask.bool() & ~torch.isin(ids, special)
         if (keep_BT.sum(1) == 0).any():
             raise ValueError(f"a text in batch {start // config.batch_size} has no ordinary token after tokenizing")
-        count_B1 = keep_BT.sum(1, keepdim=True)
-        resid.append((acts_BTD * keep_BT[..., None]).sum(1) / count_B1)
-        feats_BTF = sae.encode(acts_BTD.to(dtype)).float()
-        latents.append((feats_BTF * keep_BT[..., None]).sum(1) / count_B1)
-    return torch.cat(resid), torch.cat(latents)
+        out.extend(acts_BTD[b][keep_BT[b]] for b in range(len(batch)))
+    return out
+
+
+@torch.no_grad()
+def pool_features(activations: Sequence[Tensor], sae: SAE) -> tuple[Tensor, Tensor]:
+    """(N, d) mean activation and (N, F) mean SAE latents of each text's (T_i, d) token activations."""
+    dtype = next(sae.parameters()).dtype
+    resid = torch.stack([a.mean(0) for a in activations])
+    latents = torch.stack([sae.encode(a.to(dtype)).float().mean(0) for a in activations])
+    return resid, latents
 
 
 def _balanced_task(labels: Tensor, c: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -150,7 +174,17 @@ def sparse_probing(
     hookpoint = hookpoint or sae.config.hookpoint
     if hookpoint is None:
         raise ValueError(f"{type(sae).__name__} has no config.hookpoint; pass hookpoint='model.layers.N'")
-    resid, latents = pooled_features(model, tokenizer, sae, hookpoint, data.texts, config)
+    activations = text_activations(model, tokenizer, hookpoint, data.texts, config)
+    return sparse_probing_from_activations(activations, sae, data, config, hookpoint)
+
+
+def sparse_probing_from_activations(
+    activations: Sequence[Tensor], sae: SAE, data: LabelledTexts, config: ProbingConfig, hookpoint: str | None = None
+) -> ProbingResult:
+    """`sparse_probing` on the texts' token activations from `text_activations` (shared by several SAEs)."""
+    if len(activations) != len(data):
+        raise ValueError(f"{len(activations)} texts' activations for a dataset of {len(data)} texts")
+    resid, latents = pool_features(activations, sae)
     result = probe_tasks(resid, latents, torch.tensor(data.labels), data.classes, config)
     result.settings.update(hookpoint=hookpoint, num_texts=len(data), pooling="mean over non-special tokens")
     return result

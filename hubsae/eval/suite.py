@@ -101,9 +101,14 @@ def run_absorption(run: SuiteRun) -> dict[str, dict]:
     run.need_model("absorption")
     fields = {"max_words": run.options.get("absorption_words"), **run.options.get("absorption_config", {})}
     config = absorption_module.AbsorptionConfig(**fields)
+    words: dict[str, tuple[Tensor, Tensor]] = {}  # per hookpoint: the LLM's side is the same for every SAE
     out = {}
     for name, sae in tqdm(run.saes.items(), desc="absorption", disable=not run.progress):
-        result = absorption_module.absorption(run.model, run.tokenizer, sae, config=config)
+        hookpoint = _hookpoint("absorption", name, sae)
+        if hookpoint not in words:
+            words[hookpoint] = absorption_module.word_activations(run.model, run.tokenizer, hookpoint, config)
+        result = absorption_module.absorption_from_activations(*words[hookpoint], sae, config)
+        result.settings.update(hookpoint=hookpoint, num_words=len(words[hookpoint][1]))
         if have_matplotlib():
             absorption_module.plot_absorption(result, run.out_dir / _png_name("absorption", name), title=name)
         out[name] = result.to_dict()
@@ -126,10 +131,18 @@ def run_probing(run: SuiteRun) -> dict[str, dict]:
     data = {n: loaders[n](per_class=per_class, seed=seed) for n in names}
     fields = {"batch_size": run.options.get("batch_size", 8), "seed": seed, **run.options.get("probing_config", {})}
     config = probing_module.ProbingConfig(**fields)
+    acts: dict[tuple[str, str], list[Tensor]] = {}  # per (hookpoint, dataset), shared by the SAEs
     out = {}
     for name, sae in tqdm(run.saes.items(), desc="probing", disable=not run.progress):
-        results = {d: probing_module.sparse_probing(run.model, run.tokenizer, sae, texts, config=config)
-                   for d, texts in data.items()}  # fmt: skip
+        hookpoint, results = _hookpoint("probing", name, sae), {}
+        for d, texts in data.items():
+            if (hookpoint, d) not in acts:
+                acts[hookpoint, d] = probing_module.text_activations(
+                    run.model, run.tokenizer, hookpoint, texts.texts, config
+                )
+            results[d] = probing_module.sparse_probing_from_activations(
+                acts[hookpoint, d], sae, texts, config, hookpoint
+            )
         if have_matplotlib():
             probing_module.plot_probing(results, run.out_dir / _png_name("probing", name), title=name)
         out[name] = {d: r.to_dict() for d, r in results.items()}
@@ -144,16 +157,23 @@ def run_autointerp(run: SuiteRun) -> dict[str, dict]:
 
     run.need_model("autointerp")
     explainer = run.options.get("explainer")  # a ChatBackend; None: the embedded SmolLM2-Instruct
+    config = autointerp_module.AutointerpConfig(**run.options.get("autointerp_config", {}))
     out = {}
     for name, sae in tqdm(run.saes.items(), desc="autointerp", disable=not run.progress):
         result = autointerp_module.autointerp(
-            run.model, run.tokenizer, sae, run.contexts(), explainer,
+            run.model, run.tokenizer, sae, run.contexts(), explainer, config=config,
             n_latents=run.options.get("autointerp_latents", 20), batch_size=run.options.get("batch_size", 8),
             max_contexts=run.options.get("max_contexts", 64), progress=run.progress,
         )  # fmt: skip
         write_autointerp(result, run.out_dir / _png_name("autointerp", name).removesuffix(".png"))
         out[name] = {"explainer": result.explainer, "scorer": result.scorer, **result.summary()}
     return out
+
+
+def _hookpoint(step: str, name: str, sae: SAE) -> str:
+    if sae.config.hookpoint is None:
+        raise ValueError(f"suite step {step!r}: SAE {name!r} has no config.hookpoint (the module it reads)")
+    return sae.config.hookpoint
 
 
 def _optional(step: str, module: str):
@@ -222,9 +242,10 @@ def run_suite(
 ) -> Path:
     """Run the named steps on the SAEs (by name) and write `eval.json` and `eval.md` (plus each step's
     PNGs) into `out_dir`; returns the JSON's path. `options`: batch_size, max_contexts, seed,
-    composition_steps, absorption_words, absorption_config and probing_config (dicts of AbsorptionConfig /
-    ProbingConfig fields), probing_datasets ("code", "fortunes"), probing_per_class, autointerp_latents,
-    explainer (a ChatBackend; default the embedded SmolLM2-Instruct)."""
+    composition_steps, absorption_words, absorption_config, probing_config and autointerp_config (dicts of
+    AbsorptionConfig / ProbingConfig / AutointerpConfig fields), probing_datasets ("code", "fortunes"),
+    probing_per_class, autointerp_latents, explainer (a ChatBackend; default the embedded SmolLM2-Instruct).
+    Absorption and probing run the LLM once per hookpoint and share its activations among the SAEs."""
     steps = parse_suite(steps)
     if not saes:
         raise ValueError("run_suite needs at least one SAE")

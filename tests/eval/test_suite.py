@@ -121,6 +121,40 @@ def test_absorption_and_probing_steps_on_a_tiny_llama(tmp_path):
         assert {"absorption_s.png", "probing_s.png"} <= {p.name for p in tmp_path.glob("*.png")}
 
 
+def test_absorption_and_probing_run_the_llm_once_for_all_saes(tmp_path):
+    """The LLM's side (word prompts, probing texts) does not depend on the SAE: the steps run the model
+    once per hookpoint, and each SAE still scores exactly what absorption() / sparse_probing() give it."""
+    from hubsae.data.labelled import code_snippets
+    from hubsae.eval.absorption import AbsorptionConfig, absorption
+    from hubsae.eval.probing import ProbingConfig, sparse_probing
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
+    model = tiny_llama_for(tokenizer)
+    saes = {"a": _sae(0), "b": _sae(1), "c": _sae(2)}
+    absorb = dict(icl_examples=3, max_k=3, min_probe_f1=0.0, batch_size=64, max_words=200)
+    probe = dict(ks=(1, 2), max_tokens=32)
+    options = dict(absorption_config=absorb, probing_datasets=("code",), probing_per_class=5, probing_config=probe)
+    calls = []
+    handle = model.model.embed_tokens.register_forward_hook(lambda *_: calls.append(1))
+    path = run_suite(["absorption", "probing"], saes, tmp_path, model=model, tokenizer=tokenizer,
+                     contexts=lambda: iter(()), options=options, progress=False)  # fmt: skip
+    handle.remove()
+    batches = -(-200 // 64) + -(-20 // 8)  # word batches (at most) + probing batches, once each
+    assert 0 < len(calls) <= batches
+    doc = json.loads(path.read_text())["results"]
+    data = code_snippets(per_class=5, seed=0)
+    for name, sae in saes.items():
+        want = absorption(model, tokenizer, sae, config=AbsorptionConfig(**absorb))
+        got = doc["absorption"][name]
+        assert got["mean_absorption_fraction"] == pytest.approx(want.mean_absorption_fraction, abs=1e-6)
+        assert got["mean_num_split_latents"] == pytest.approx(want.mean_num_split_latents)
+        assert got["settings"]["num_words"] == want.settings["num_words"]
+        want = sparse_probing(model, tokenizer, sae, data, config=ProbingConfig(seed=0, **probe))
+        got = doc["probing"][name]["code"]
+        assert got["sae_accuracy"] == pytest.approx(want.sae_accuracy)
+        assert got["top_k_accuracy"] == {str(k): pytest.approx(v) for k, v in want.top_k_accuracy.items()}
+
+
 class Shrugger:
     """A chat backend that never answers in the scorers' format: explanations are its reply, every
     score an unreadable answer."""
@@ -143,3 +177,19 @@ def test_autointerp_step_with_a_given_backend(tmp_path):
     full = json.loads((tmp_path / "autointerp_s" / "autointerp.json").read_text())
     assert [li["explanation"] for li in full["latents"]] == ["no idea", "no idea"]
     assert summary["detection_unparsed"] > 0
+
+
+def test_autointerp_step_takes_an_autointerp_config(tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
+    model = tiny_llama_for(tokenizer)
+    ctxs = list(text_contexts(DOCS * 4, tokenizer, 32))
+    config = dict(n_top_explain=2, n_sampled_explain=1, n_top_score=1, n_sampled_score=0, n_non_activating=2, radius=3)
+    options = dict(explainer=Shrugger(), autointerp_latents=2, max_contexts=len(ctxs), autointerp_config=config)
+    run_suite(["autointerp"], {"s": _sae(0)}, tmp_path, model=model, tokenizer=tokenizer,
+              contexts=lambda: iter(ctxs), options=options, progress=False)  # fmt: skip
+    full = json.loads((tmp_path / "autointerp_s" / "autointerp.json").read_text())
+    assert {k: full["config"][k] for k in config} == config
+    for li in full["latents"]:  # what the scorers saw: at most 1 activating + 2 non-activating contexts
+        counts = li["scores"]["detection"]
+        seen = sum(counts[k] for k in ("true_positives", "false_negatives", "true_negatives", "false_positives"))
+        assert seen + counts["n_unparsed"] <= 3
