@@ -6,7 +6,7 @@ KronSAE (arXiv 2505.22255, Table 2 / Fig. 4) lowers it on Pythia-1.4B at l0 = 16
 
 Scaled down for a CPU, on the cached SmolLM2-135M-Instruct activations after model.layers.10 of the
 other reproductions (`common.smollm2_activations`, the same 10% held out by `common.split`, scaled to
-E||x|| = sqrt(d)): every SAE at F = 4 d = 2304, k = 32, the same 51,200 training tokens (batch 256,
+E||x|| = sqrt(d)): every SAE at F = 4 d = 2304, k = 32, the same 204,800 training tokens (batch 256,
 the shared warmup + cosine schedule of `common.train`), seeds 0, 1, 2. OrtSAE = BatchTopK +
 gamma * L_orth (gamma = 0.25 in the paper's units, K = 4 chunks, every step; as ortsae.py);
 KronSAE (m, n) = (2, 4), h = F / 8 = 288 heads, mAND. Controls: one untrained SAE per architecture
@@ -139,6 +139,9 @@ METRICS = {  # column: (part, path in the suite's per-SAE result)
     "detection shuffled": ("autointerp", "autointerp/detection_shuffled"),
     "fuzzing": ("autointerp", "autointerp/fuzzing"),
     "fuzzing shuffled": ("autointerp", "autointerp/fuzzing_shuffled"),
+    "latents explained": ("autointerp", "autointerp/n_latents"),
+    "detection scored": ("autointerp", "autointerp/detection_n_scored"),
+    "fuzzing scored": ("autointerp", "autointerp/fuzzing_n_scored"),
     "scorer answers unreadable": ("autointerp", "autointerp/unparsed"),
 }
 
@@ -166,7 +169,27 @@ def aggregate(args) -> dict:
             row[col] = [v for n in names if (v := _get(docs[part], n, path)) is not None]
         rows[arch] = row
     summary = {a: {c: _stats(v) if isinstance(v, list) else v for c, v in r.items()} for a, r in rows.items()}
-    return {"rows": rows, "summary": summary, "sizes": args.sizes, "paper": PAPER}
+    paired = {n: paired_gap(args.results / "autointerp", n) for n in docs["autointerp"]["saes"]}
+    return {"rows": rows, "summary": summary, "paired_gap": paired, "sizes": args.sizes, "paper": PAPER}
+
+
+def paired_gap(folder: Path, name: str) -> dict:
+    """Per scorer, real minus shuffled score over the latents where both got a readable score: the
+    control's question (does the explanation tell the judge anything about its latent?), per latent."""
+    from hubsae.eval.suite import _png_name
+
+    doc = json.loads((folder / _png_name("autointerp", name).removesuffix(".png") / "autointerp.json").read_text())
+    out = {}
+    for scorer in ("detection", "fuzzing"):
+        diffs = [
+            li["scores"][scorer]["score"] - li["shuffled_scores"][scorer]["score"]
+            for li in doc["latents"]
+            if li["scores"][scorer]["score"] is not None
+            and li["shuffled_scores"].get(scorer, {}).get("score") is not None
+        ]
+        out[scorer] = {"pairs": len(diffs), "mean": statistics.mean(diffs) if diffs else None,
+                       "equal": sum(d == 0 for d in diffs)}  # fmt: skip
+    return out
 
 
 def _stats(values: list) -> dict | None:
@@ -176,25 +199,36 @@ def _stats(values: list) -> dict | None:
     return {"mean": statistics.mean(values), "sd": sd, "n": len(values), "values": values}
 
 
+def _count(stats: dict | None) -> int:
+    return 0 if stats is None else stats["n"]
+
+
 def _fmt(stats: dict | None) -> str:
     if stats is None:
         return "-"
     text = f"{stats['mean']:.3f}"
     if stats["sd"] is not None:
         text += f" ± {stats['sd']:.3f}"
-    return text + (f" (n={stats['n']})" if stats["n"] not in (1, 3) else "")
+    return text
 
 
 def markdown(result: dict) -> str:
     groups = (
         ("FVU", "L0", "absorption fraction", "full absorption", "split latents"),
         ("code top-1", "code top-5", "code all latents", "fortunes top-1", "fortunes top-5", "fortunes all latents"),
-        ("detection", "detection shuffled", "fuzzing", "fuzzing shuffled", "scorer answers unreadable"),
-    )
+        ("latents explained", "detection scored", "detection", "detection shuffled", "fuzzing scored", "fuzzing",
+         "fuzzing shuffled", "scorer answers unreadable"),
+    )  # fmt: skip
     out = []
-    for cols in groups:
-        rows = [[arch, s["seeds"], *(_fmt(s[c]) for c in cols)] for arch, s in result["summary"].items()]
-        out.append(table(rows, ["SAE", "seeds", *cols]))
+    for cols in groups:  # "SAEs": how many of the arch's SAEs the columns are over (autointerp: seed 0 only)
+        rows = [[arch, _count(s[cols[-1]]), *(_fmt(s[c]) for c in cols)] for arch, s in result["summary"].items()]
+        out.append(table(rows, ["SAE", "SAEs", *cols]))
+    gaps = [
+        [name, *(f"{g[s]['mean']:+.3f} ({g[s]['pairs']} pairs, {g[s]['equal']} equal)" if g[s]["pairs"] else "no pair"
+                 for s in ("detection", "fuzzing"))]
+        for name, g in result["paired_gap"].items()
+    ]  # fmt: skip
+    out.append(table(gaps, ["SAE", "detection: real - shuffled", "fuzzing: real - shuffled"]))
     return "\n\n".join(out) + "\n\n" + "\n".join(f"paper, {v}" for v in result["paper"].values()) + "\n"
 
 
@@ -215,9 +249,9 @@ def main() -> None:
                             probing_datasets=("code",), probing_per_class=6, probing_config=dict(ks=(1, 5)),
                             autointerp_latents=2, max_contexts=8, autointerp_config=autointerp)  # fmt: skip
     else:
-        args.n_tokens, args.d_sae, args.tokens, args.batch, args.seeds = 240_000, 2304, 51_200, 256, [0, 1, 2]
-        args.options = dict(absorption_words=1000, probing_per_class=30, probing_config=dict(ks=(1, 2, 5, 10, 20)),
-                            autointerp_latents=6, max_contexts=32, autointerp_config=autointerp)  # fmt: skip
+        args.n_tokens, args.d_sae, args.tokens, args.batch, args.seeds = 240_000, 2304, 204_800, 256, [0, 1, 2]
+        args.options = dict(absorption_words=5000, probing_per_class=60, probing_config=dict(ks=(1, 2, 5, 10, 20)),
+                            autointerp_latents=15, max_contexts=48, autointerp_config=autointerp)  # fmt: skip
     args.skip_contexts = 2000
     args.sizes = {k: getattr(args, k) for k in ("d_sae", "tokens", "batch", "seeds", "skip_contexts")}
     args.sizes.update(k=K, options=args.options)
